@@ -1,0 +1,55 @@
+"""sparsekit: sparse neural networks from random Erdős–Rényi masks and lottery tickets.
+
+Public API (see README.md):
+
+>>> import sparsekit, torchvision
+>>> model = torchvision.models.resnet50()
+>>> ticket = sparsekit.prune(model, method="er-balanced", density=0.01)
+>>> print(ticket.report())
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._prune import prune
+from ._registry import Method, MethodInfo, get_method, list_methods, register_method
+from .attach import attach, enforce_masks, finalize, is_pruned, masked_parameters
+from .densities import layer_densities
+from .errors import (
+    NoPrunableLayersError,
+    SparsekitError,
+    UnknownMethodError,
+    UnsafeFileError,
+    UnsupportedLayerError,
+)
+from .layers import Layer, LayerLayout, find_layers, register_layer_type
+from .ticket import LayerRecord, Report, Ticket
+
+__all__ = [
+    "__version__",
+    "prune",
+    "layer_densities",
+    "list_methods",
+    "get_method",
+    "register_method",
+    "Method",
+    "MethodInfo",
+    "Ticket",
+    "LayerRecord",
+    "Report",
+    "attach",
+    "finalize",
+    "enforce_masks",
+    "is_pruned",
+    "masked_parameters",
+    "find_layers",
+    "register_layer_type",
+    "Layer",
+    "LayerLayout",
+    "SparsekitError",
+    "UnsupportedLayerError",
+    "UnknownMethodError",
+    "NoPrunableLayersError",
+    "UnsafeFileError",
+]

@@ -1,0 +1,127 @@
+"""``prune``: the path nn.Module -> layers -> densities -> sampling -> flow -> Ticket -> attach."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .attach import attach, is_pruned
+from .densities import densities_for_layers, resolve_method, validate_density
+from .errors import NoPrunableLayersError, SparsekitError
+from .flow import FLOW_MODES, repair_flow
+from .layers import FilterFn, find_layers
+from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
+from .sampling import draw_mask
+from .ticket import LayerRecord, Ticket
+from ._registry import Method
+
+__all__ = ["prune", "validate_seed", "validate_flow"]
+
+
+def validate_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= M64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def validate_flow(flow: object) -> str | None:
+    if isinstance(flow, str) and flow.lower() == "none":
+        return None
+    if flow not in FLOW_MODES:
+        raise ValueError(f"flow must be 'repair' (random addition), 'resample' (rejection sampling) or None, "
+                         f"got {flow!r}")
+    return flow  # type: ignore[return-value]
+
+
+def prune(
+    model: nn.Module,
+    method: str | Method = "er-balanced",
+    density: float = 0.01,
+    *,
+    seed: int = 0,
+    flow: str | None = "repair",
+    filter_fn: FilterFn | None = None,
+    dense: Iterable[str] = (),
+    exact: bool = False,
+    device: torch.device | str | None = None,
+    chunk_words: int = DEFAULT_CHUNK_WORDS,
+    **options: object,
+) -> Ticket:
+    """Put Erdős–Rényi masks on ``model`` in place and return the :class:`~sparsekit.Ticket`.
+
+    Each masked weight ``l`` keeps every entry independently with probability ``p_l`` (paper §2,
+    ``s_ij ~ Ber(p_l)``), where the layerwise densities ``p_l`` come from ``method`` (paper §3) and
+    meet the global ``density``. Flow preservation (App. A.1) then makes sure every row and column
+    keeps an edge. Masks are a pure function of ``(seed, fqn, shape, density, method, flow, exact)``
+    and identical on every device.
+
+    Args:
+        model: any module; on the meta device the masks are drawn (on CPU) and reported but not
+            attached.
+        method: a registered method name (``sparsekit.list_methods()``; short names such as
+            ``"pyramidal"`` work) or a :class:`~sparsekit.Method`.
+        density: global fraction of kept weights in (0, 1]; 1 gives a no-op ticket.
+        seed: seed of the counter RNG, an integer in [0, 2**64).
+        flow: ``"repair"`` (random addition, default), ``"resample"`` (rejection sampling) or None.
+        filter_fn: ``(module, module_fqn) -> bool`` choosing the layers (default: every supported
+            layer except embeddings). Layers filtered out do not count towards the density.
+        dense: names (parameter fqn, module fqn or regex) of layers kept at density 1; they count
+            towards the global density.
+        exact: keep exactly ``round(p_l * m_l)`` weights per layer instead of Bernoulli draws.
+        device: where to draw masks (default: each weight's device; CPU for meta).
+        chunk_words: RNG chunk size; results do not depend on it.
+        **options: method options, e.g. ``redistribute=False`` for er-balanced.
+
+    Returns:
+        The ticket; ``ticket.report()`` gives the per-layer table with totals.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    density = validate_density(density)
+    seed = validate_seed(seed)
+    flow = validate_flow(flow)
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+    m = resolve_method(method, dict(options))
+    layers = find_layers(model, filter_fn)
+    if not layers:
+        raise NoPrunableLayersError(
+            f"{type(model).__name__} has no prunable weights (Linear, ConvNd, ConvTransposeNd, "
+            "MultiheadAttention, Conv1D) after filtering; check filter_fn or register your layer type "
+            "with sparsekit.register_layer_type")
+    if is_pruned(model):
+        raise SparsekitError("the model already carries sparsekit masks; call sparsekit.finalize(model) "
+                             "first to prune it again")
+    dens = densities_for_layers(layers, m, density, dense)
+    records: list[LayerRecord] = []
+    masks: dict[str, torch.Tensor] = {}
+    meta = False
+    for L in layers:
+        p = dens[L.fqn]
+        meta = meta or L.param.is_meta
+        if p >= 1.0:
+            records.append(LayerRecord(L.fqn, L.module_type, L.shape, 1.0, L.numel, aliases=L.aliases))
+            continue
+        dev = torch.device(device) if device is not None else (
+            torch.device("cpu") if L.param.is_meta else L.param.device)
+        mask = draw_mask(L.fqn, L.shape, p, seed, exact=exact, device=dev, chunk_words=chunk_words)
+        rep = repair_flow(L, mask, p, seed, flow)
+        masks[L.fqn] = mask
+        records.append(LayerRecord(
+            L.fqn, L.module_type, L.shape, p, int(torch.count_nonzero(mask)), rep.edges_added,
+            rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases))
+    ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
+                    rng=RNG_ID, sparsekit_version=__version__)
+    if meta:
+        warnings.warn("the model is on the meta device: masks were drawn and reported but not attached; "
+                      "materialise the model and call sparsekit.attach(model, ticket)", stacklevel=2)
+    else:
+        attach(model, masks)
+    ticket.elapsed_s = time.perf_counter() - t0
+    return ticket

@@ -1,0 +1,189 @@
+"""Mask enforcement on a live model, without changing its state_dict.
+
+The mechanism (chosen by measurement, see ``benchmarks/bench_prune.py``): masked weights are set to
+zero once, in place, and kept at zero by
+
+1. a post-accumulate-grad hook on each masked Parameter that zeroes the gradient of masked entries
+   (so SGD with momentum and weight decay, Adam, AdamW, ... never move them: their update is a
+   function of the gradient and of the weight, both zero there), and
+2. one global optimizer step post-hook that re-applies the masks of the parameters an optimizer
+   just updated; this covers optimizer state created before pruning and gradients reduced after
+   the hooks ran (DDP).
+
+A load-state-dict post-hook on each owning module re-applies the mask after ``load_state_dict``
+(also with ``assign=True``, which replaces the Parameter). Forward passes need no hook at all, so
+inference costs nothing; ``named_parameters``, ``named_buffers`` and ``state_dict`` keys are
+untouched. Masks live in a small handle attached to the Parameter and are moved to the
+parameter's device lazily, so ``model.to(device)`` just works.
+
+Caveat: writes that bypass autograd and optimizers (``param.data.copy_(...)``) are not seen;
+call :func:`enforce_masks` after them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
+
+from .errors import SparsekitError
+
+__all__ = ["attach", "finalize", "enforce_masks", "is_pruned", "masked_parameters"]
+
+_ATTR = "_sparsekit_mask"
+
+
+class MaskHandle:
+    """The mask of one Parameter and the hooks that enforce it."""
+
+    __slots__ = ("fqn", "mask", "_copies", "grad_hook", "owners", "__weakref__")
+
+    def __init__(self, fqn: str, mask: torch.Tensor) -> None:
+        self.fqn = fqn
+        self.mask = mask
+        self._copies: dict[torch.device, torch.Tensor] = {}
+        self.grad_hook: RemovableHandle | None = None
+        self.owners: list[tuple[weakref.ref, str, RemovableHandle]] = []
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        """The mask on ``device`` (copied once, then cached)."""
+        if self.mask.device == device:
+            return self.mask
+        m = self._copies.get(device)
+        if m is None:
+            m = self._copies[device] = self.mask.to(device)
+        return m
+
+    @torch.no_grad()
+    def apply(self, p: torch.Tensor) -> None:
+        if not p.is_meta:
+            p.mul_(self.on(p.device))
+
+
+def _grad_hook(p: torch.Tensor) -> None:
+    h: MaskHandle | None = getattr(p, _ATTR, None)
+    g = p.grad
+    if h is not None and g is not None and g.layout == torch.strided:
+        g.mul_(h.on(g.device))
+
+
+_OPT_HOOK: RemovableHandle | None = None
+
+
+def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            h = getattr(p, _ATTR, None)
+            if h is not None:
+                h.apply(p)
+
+
+def _ensure_optimizer_hook() -> None:
+    global _OPT_HOOK
+    if _OPT_HOOK is None:
+        _OPT_HOOK = register_optimizer_step_post_hook(_optimizer_post_hook)
+
+
+def _install(p: nn.Parameter, h: MaskHandle) -> None:
+    setattr(p, _ATTR, h)
+    if p.requires_grad:
+        h.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook)
+    h.apply(p)
+
+
+def _make_sd_hook(pname: str, h: MaskHandle):
+    def hook(module: nn.Module, incompatible_keys: object) -> None:
+        p = getattr(module, pname, None)
+        if not isinstance(p, torch.Tensor):
+            return
+        if getattr(p, _ATTR, None) is not h:  # load_state_dict(assign=True) swapped the Parameter
+            if tuple(p.shape) != tuple(h.mask.shape):
+                raise SparsekitError(
+                    f"load_state_dict replaced {h.fqn} with shape {tuple(p.shape)} but its mask has "
+                    f"shape {tuple(h.mask.shape)}; call sparsekit.finalize(model) before changing shapes")
+            _install(p, h)
+        else:
+            h.apply(p)
+
+    return hook
+
+
+def attach(model: nn.Module, masks: Mapping[str, torch.Tensor] | object) -> nn.Module:
+    """Enforce ``masks`` (``{fqn: bool tensor}`` or a Ticket) on ``model`` in place.
+
+    Masked weights become exactly zero and stay zero through training with any torch optimizer.
+    Parameters on the meta device cannot be masked: materialise the model first.
+    """
+    if hasattr(masks, "masks") and not isinstance(masks, Mapping):
+        masks = masks.masks  # a Ticket
+    if not isinstance(masks, Mapping):
+        raise TypeError(f"masks must be a mapping fqn -> bool tensor or a Ticket, got {type(masks).__name__}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    todo: list[tuple[str, nn.Parameter, torch.Tensor]] = []
+    for fqn, mask in masks.items():
+        p = params.get(fqn)
+        if p is None:
+            raise SparsekitError(f"the model has no parameter {fqn!r}; masks and model do not match")
+        if tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool:
+            raise SparsekitError(
+                f"mask for {fqn} has shape {tuple(mask.shape)} and dtype {mask.dtype}; expected a bool "
+                f"tensor of shape {tuple(p.shape)}")
+        if p.is_meta:
+            raise SparsekitError(
+                f"{fqn} is on the meta device; materialise the model (e.g. model.to_empty(device='cpu') "
+                "and initialise it) before attaching masks")
+        if getattr(p, _ATTR, None) is not None:
+            raise SparsekitError(
+                f"{fqn} already has a sparsekit mask; call sparsekit.finalize(model) first to re-prune")
+        todo.append((fqn, p, mask))
+    _ensure_optimizer_hook()
+    for fqn, p, mask in todo:
+        h = MaskHandle(fqn, mask)
+        _install(p, h)
+        for name, q in params.items():
+            if q is p:
+                mod_name, _, pname = name.rpartition(".")
+                owner = model.get_submodule(mod_name)
+                sd = owner.register_load_state_dict_post_hook(_make_sd_hook(pname, h))
+                h.owners.append((weakref.ref(owner), pname, sd))
+    return model
+
+
+def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
+    """``(fqn, parameter, mask)`` for every parameter of ``model`` that carries a mask."""
+    for name, p in model.named_parameters():
+        h = getattr(p, _ATTR, None)
+        if h is not None:
+            yield name, p, h.mask
+
+
+def is_pruned(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` carries a sparsekit mask."""
+    return any(True for _ in masked_parameters(model))
+
+
+def enforce_masks(model: nn.Module) -> nn.Module:
+    """Zero the masked entries again (after writing to weights outside autograd and optimizers)."""
+    for _, p, _ in masked_parameters(model):
+        getattr(p, _ATTR).apply(p)
+    return model
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """Bake the zeros into the weights and remove every sparsekit hook; returns ``model``.
+
+    Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
+    """
+    for _, p, _ in list(masked_parameters(model)):
+        h: MaskHandle = getattr(p, _ATTR)
+        h.apply(p)
+        if h.grad_hook is not None:
+            h.grad_hook.remove()
+        for _owner, _pname, sd in h.owners:
+            sd.remove()
+        delattr(p, _ATTR)
+    return model

@@ -1,0 +1,213 @@
+"""Layerwise density schemes (paper §3, "Layerwise Sparsity Ratios").
+
+Every scheme has the same signature::
+
+    scheme(layers, density, **options) -> dict[fqn, float]
+
+``layers`` are :class:`~sparsekit.layers.Layer` objects (only ``fqn``, ``shape`` and ``numel`` are
+read, so meta-device models work) in module order, ``density`` is the global target
+``p = sum_l p_l m_l / sum_l m_l`` and the result maps each fqn to its density ``p_l`` in ``(0, 1]``.
+Allocation is separate from sampling (:mod:`sparsekit.sampling` draws the masks).
+
+Schemes:
+
+* ``er-uniform``: ``p_l = p``.
+* ``er-erk``: Erdős–Rényi-Kernel as in RigL (Evci et al. 2020): ``p_l = eps * sum(shape)/prod(shape)``
+  (kernel dimensions included); layers whose density would exceed 1 are made dense and ``eps`` is
+  solved again so the global budget is met.
+* ``er-balanced``: every layer gets the same number of nonzeros ``x = p/L * sum_l m_l`` and
+  ``p_l = min(1, x / m_l)`` (paper §3). By default the budget freed by capped layers is shared
+  equally among the others (``redistribute=True``) so the global density is met; with
+  ``redistribute=False`` this is the paper's capped-only rule and the realised density can be lower.
+* ``er-pyramidal``: ``p_l = p_1 ** l`` for the l-th layer in module order (l = 1..L), ``p_1`` in
+  ``(0, 1]`` solved so that ``sum_l p_l m_l = p sum_l m_l`` (paper §3; the function is monotone in
+  ``p_1``, so bisection in float64 finds the unique root to machine precision).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+from ._registry import Method, get_method, register_method
+from .errors import NoPrunableLayersError
+from .layers import FilterFn, Layer, find_layers, select
+
+__all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layer_densities", "validate_density"]
+
+
+def validate_density(density: object, name: str = "density") -> float:
+    """``density`` as a float in (0, 1], or a ValueError naming the argument and the fix."""
+    if isinstance(density, bool) or not isinstance(density, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1], got {type(density).__name__} {density!r}")
+    d = float(density)
+    if not math.isfinite(d) or not 0.0 < d <= 1.0:
+        hint = " (did you pass a sparsity? density = 1 - sparsity)" if 1.0 < d <= 100.0 or d == 0 else ""
+        raise ValueError(f"{name} must be in (0, 1], got {density!r}{hint}")
+    return d
+
+
+@register_method("er-uniform", description="same density p in every layer (paper §3 baseline)",
+                 aliases=("uniform",))
+def uniform(layers: Sequence[Layer], density: float) -> dict[str, float]:
+    """``p_l = p`` for every layer."""
+    return {L.fqn: float(density) for L in layers}
+
+
+@register_method("er-erk", description="Erdős–Rényi-Kernel as in RigL: p_l ∝ sum(shape)/prod(shape), capped at 1",
+                 aliases=("erk",))
+def erk(layers: Sequence[Layer], density: float, power_scale: float = 1.0) -> dict[str, float]:
+    """ERK (RigL's ``erdos_renyi_kernel``): kernel term included, overflowing layers made dense.
+
+    Args:
+        power_scale: exponent on the raw ERK score (RigL's ``erk_power_scale``; 1.0 is ERK, 0.0 uniform).
+    """
+    raw = {L.fqn: (sum(L.shape) / L.numel) ** power_scale for L in layers}
+    dense: set[str] = set()
+    while True:
+        rhs = 0.0
+        divisor = 0.0
+        for L in layers:
+            if L.fqn in dense:
+                rhs -= L.numel * (1.0 - density)
+            else:
+                rhs += L.numel * density
+                divisor += raw[L.fqn] * L.numel
+        if divisor == 0.0:  # everything had to become dense
+            return {L.fqn: 1.0 for L in layers}
+        eps = rhs / divisor
+        free = [f for f in raw if f not in dense]
+        max_raw = max(raw[f] for f in free)
+        if eps * max_raw > 1.0:
+            dense.update(f for f in free if raw[f] == max_raw)
+            continue
+        return {L.fqn: 1.0 if L.fqn in dense else eps * raw[L.fqn] for L in layers}
+
+
+@register_method("er-balanced", description="same number of nonzeros in every layer, capped at density 1 (paper §3)",
+                 aliases=("balanced",))
+def balanced(layers: Sequence[Layer], density: float, redistribute: bool = True) -> dict[str, float]:
+    """Every layer gets ``x = p/L * sum_l m_l`` nonzeros, ``p_l = min(1, x/m_l)`` (paper §3).
+
+    Args:
+        redistribute: share the budget freed by layers capped at density 1 equally among the
+            remaining layers (default), so the global density is met. ``False`` is the paper's rule.
+    """
+    total = sum(L.numel for L in layers)
+    if not redistribute:
+        x = density * total / len(layers)
+        return {L.fqn: min(1.0, x / L.numel) for L in layers}
+    out: dict[str, float] = {}
+    remaining = list(layers)
+    budget = density * total
+    while remaining:
+        x = budget / len(remaining)
+        capped = [L for L in remaining if L.numel <= x]
+        if not capped:
+            break
+        for L in capped:
+            out[L.fqn] = 1.0
+            budget -= L.numel
+        remaining = [L for L in remaining if L.fqn not in out]
+    for L in remaining:
+        out[L.fqn] = x / L.numel
+    return {L.fqn: out[L.fqn] for L in layers}
+
+
+def pyramidal_p1(sizes: Sequence[int], density: float) -> float:
+    """The unique ``p_1`` in ``(0, 1]`` with ``sum_l m_l p_1**l = p sum_l m_l`` (l = 1..L)."""
+    total = float(sum(sizes))
+    target = density * total
+    if density >= 1.0:
+        return 1.0
+
+    def f(q: float) -> float:
+        s, power = 0.0, 1.0
+        for m in sizes:
+            power *= q
+            s += m * power
+        return s - target
+
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if f(mid) < 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+@register_method("er-pyramidal", description="p_l = p_1**l, densities decay with depth like IMP tickets (paper §3)",
+                 aliases=("pyramidal",))
+def pyramidal(layers: Sequence[Layer], density: float) -> dict[str, float]:
+    """``p_l = p_1 ** l`` with ``p_1`` solved for the global budget (paper §3)."""
+    p1 = pyramidal_p1([L.numel for L in layers], density)
+    return {L.fqn: p1 ** (i + 1) for i, L in enumerate(layers)}
+
+
+def resolve_method(method: str | Method, options: dict | None = None) -> Method:
+    """A :class:`Method` from a name or config plus extra options."""
+    if isinstance(method, Method):
+        if options:
+            return Method(method.name, {**method.options, **options})
+        return method
+    get_method(method)  # raises a clear error for unknown names
+    return Method(method, options or {})
+
+
+def densities_for_layers(
+    layers: Sequence[Layer], method: str | Method, density: float, dense: Iterable[str] = (), **options: object
+) -> dict[str, float]:
+    """Per-layer densities for already discovered ``layers`` (see :func:`layer_densities`)."""
+    density = validate_density(density)
+    m = resolve_method(method, options)
+    if not layers:
+        raise NoPrunableLayersError("no prunable layers")
+    keep_dense = select(list(layers), dense, "dense") if dense else set()
+    sparse = [L for L in layers if L.fqn not in keep_dense]
+    total = sum(L.numel for L in layers)
+    dense_size = total - sum(L.numel for L in sparse)
+    out = {L.fqn: 1.0 for L in layers if L.fqn in keep_dense}
+    if not sparse or density >= 1.0:
+        return {L.fqn: 1.0 for L in layers}
+    # The global budget includes the layers kept dense.
+    p_sparse = (density * total - dense_size) / (total - dense_size)
+    if p_sparse <= 0.0:
+        raise ValueError(
+            f"density {density} is too low: the layers kept dense already hold "
+            f"{dense_size / total:.4g} of the prunable weights; raise density or keep fewer layers dense")
+    dens = m.info.densities(sparse, min(1.0, p_sparse), **m.options)
+    for L in sparse:
+        d = float(dens[L.fqn])
+        if not 0.0 < d <= 1.0 + 1e-12:
+            raise ValueError(f"method {m.name!r} gave density {d} to {L.fqn}; densities must lie in (0, 1]")
+        out[L.fqn] = min(1.0, d)
+    return {L.fqn: out[L.fqn] for L in layers}
+
+
+def layer_densities(
+    model: nn.Module,
+    method: str | Method = "er-balanced",
+    density: float = 0.01,
+    *,
+    filter_fn: FilterFn | None = None,
+    dense: Iterable[str] = (),
+    **options: object,
+) -> dict[str, float]:
+    """Per-layer densities ``{fqn: p_l}`` that ``prune`` would use, without drawing masks.
+
+    Works on meta-device models. ``dense`` names layers kept at density 1 (they count towards the
+    global budget); ``options`` go to the method (e.g. ``redistribute=False`` for er-balanced).
+    """
+    layers = find_layers(model, filter_fn)
+    if not layers:
+        raise NoPrunableLayersError(
+            f"{type(model).__name__} has no prunable weights (Linear, ConvNd, ConvTransposeNd, "
+            "MultiheadAttention, Conv1D) after filtering; check filter_fn or register your layer type "
+            "with sparsekit.register_layer_type")
+    return densities_for_layers(layers, method, density, dense, **options)

@@ -1,0 +1,161 @@
+"""The :class:`Ticket`: masks plus the provenance needed to rebuild them, and a report.
+
+An ``er`` ticket (drawn by :func:`sparsekit.prune`) is a pure function of ``(seed, method, per-layer
+densities, flow mode, exact, rng)``: the masks are kept in memory for enforcement and inspection,
+but a ticket file (``formats/TICKET.md``) only has to store these fields.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ._io import atomic_write_text
+
+__all__ = ["Ticket", "LayerRecord", "Report"]
+
+
+@dataclass
+class LayerRecord:
+    """One masked weight of a ticket (a row of the report)."""
+
+    fqn: str
+    module_type: str
+    shape: tuple[int, ...]
+    target_density: float
+    nonzeros: int
+    edges_added: int = 0
+    rows_repaired: int = 0
+    cols_repaired: int = 0
+    fallbacks: int = 0
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def realised_density(self) -> float:
+        return self.nonzeros / self.numel if self.numel else 1.0
+
+
+@dataclass
+class Report:
+    """Per-layer rows and totals of a ticket; ``str(report)`` is a plain-text table."""
+
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.rows, "totals": self.totals}
+
+    def to_json(self, path: str | None = None, *, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            atomic_write_text(path, text + "\n")
+        return text
+
+    def __str__(self) -> str:
+        head = ["layer", "shape", "params", "target", "realised", "nonzeros", "added", "rows", "cols"]
+        body = [[r["fqn"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['target_density']:.4g}",
+                 f"{r['realised_density']:.4g}", f"{r['nonzeros']:,}", str(r["edges_added"]),
+                 str(r["rows_repaired"]), str(r["cols_repaired"])] for r in self.rows]
+        t = self.totals
+        body.append(["total", "", f"{t['params']:,}", f"{t['target_density']:.4g}", f"{t['realised_density']:.4g}",
+                     f"{t['nonzeros']:,}", str(t["edges_added"]), "", f"{t['pairs_repaired']} pairs"])
+        widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+        fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+        lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body[:-1]]
+        lines += [fmt(["-" * w for w in widths]), fmt(body[-1])]
+        return "\n".join(lines)
+
+
+@dataclass
+class Ticket:
+    """Masks plus provenance plus a report.
+
+    Attributes:
+        kind: ``"er"`` for masks drawn by ``prune`` (later: ``"strong"``, ``"rewired"``).
+        method: canonical method name, e.g. ``"er-balanced"``.
+        method_options: options given to the method (e.g. ``{"redistribute": False}``).
+        density: the global target density.
+        seed: seed of the counter RNG.
+        flow: ``"repair"``, ``"resample"`` or None.
+        exact: exact-count masks instead of Bernoulli.
+        layers: one :class:`LayerRecord` per masked weight, in module order (layers kept dense
+            appear with target density 1).
+        masks: boolean masks for the layers with density below 1, by fqn.
+        rng: id of the random number generator (``formats/TICKET.md``).
+    """
+
+    method: str
+    density: float
+    seed: int
+    flow: str | None
+    exact: bool
+    layers: list[LayerRecord]
+    masks: dict[str, torch.Tensor] = field(repr=False)
+    method_options: dict[str, Any] = field(default_factory=dict)
+    kind: str = "er"
+    rng: str = "sk-ctr64-v1"
+    sparsekit_version: str = ""
+    elapsed_s: float = field(default=0.0, compare=False)
+
+    @property
+    def densities(self) -> dict[str, float]:
+        """Target density per layer."""
+        return {r.fqn: r.target_density for r in self.layers}
+
+    @property
+    def realised_density(self) -> float:
+        total = sum(r.numel for r in self.layers)
+        return sum(r.nonzeros for r in self.layers) / total if total else 1.0
+
+    def mask(self, fqn: str) -> torch.Tensor:
+        """The mask of ``fqn`` (all True for layers kept dense)."""
+        if fqn in self.masks:
+            return self.masks[fqn]
+        for r in self.layers:
+            if r.fqn == fqn or fqn in r.aliases:
+                return self.masks.get(r.fqn, torch.ones(r.shape, dtype=torch.bool))
+        raise KeyError(f"{fqn!r} is not a layer of this ticket; layers: {[r.fqn for r in self.layers][:8]}...")
+
+    def report(self) -> Report:
+        """One row per masked weight and totals (paper App. A.1 counts edges added by repair)."""
+        rows = [{
+            "fqn": r.fqn, "module_type": r.module_type, "shape": list(r.shape), "params": r.numel,
+            "target_density": r.target_density, "realised_density": r.realised_density,
+            "nonzeros": r.nonzeros, "edges_added": r.edges_added, "rows_repaired": r.rows_repaired,
+            "cols_repaired": r.cols_repaired, "resample_fallbacks": r.fallbacks, "aliases": list(r.aliases),
+        } for r in self.layers]
+        params = sum(r.numel for r in self.layers)
+        totals = {
+            "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
+            "flow": self.flow, "exact": self.exact, "layers": len(self.layers), "params": params,
+            "target_density": self.density,
+            "expected_density": sum(r.target_density * r.numel for r in self.layers) / params if params else 1.0,
+            "realised_density": self.realised_density,
+            "nonzeros": sum(r.nonzeros for r in self.layers),
+            "edges_added": sum(r.edges_added for r in self.layers),
+            "pairs_repaired": sum((r.rows_repaired > 0) + (r.cols_repaired > 0) for r in self.layers),
+            "elapsed_s": self.elapsed_s,
+        }
+        return Report(rows, totals)
+
+    def to(self, device: torch.device | str) -> Ticket:
+        """A copy of the ticket with its masks on ``device``."""
+        d = {k: v for k, v in self.__dict__.items() if k != "masks"}
+        return Ticket(**d, masks={k: v.to(device) for k, v in self.masks.items()})
+
+    def provenance(self) -> dict[str, Any]:
+        """Everything but the masks, JSON-serialisable."""
+        return {
+            "kind": self.kind, "method": self.method, "method_options": dict(self.method_options),
+            "density": self.density, "seed": self.seed, "flow": self.flow, "exact": self.exact,
+            "rng": self.rng, "sparsekit_version": self.sparsekit_version,
+            "layers": [{**asdict(r), "shape": list(r.shape), "aliases": list(r.aliases)} for r in self.layers],
+        }
