@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from ._registry import Method
 from .attach import attach, is_pruned
 from .densities import densities_for_layers, resolve_method, validate_density
 from .errors import NoPrunableLayersError, SparsekitError
@@ -18,7 +19,6 @@ from .layers import FilterFn, find_layers
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
 from .ticket import LayerRecord, Ticket
-from ._registry import Method
 
 __all__ = ["prune", "validate_seed", "validate_flow"]
 

@@ -133,7 +133,11 @@ def _add_random(
 
 
 def _resample(layer: Layer, flat: torch.Tensor, dead: torch.Tensor, direction: str, p: float, seed: int):
-    """Rejection sampling of dead units' entries: (units still dead, their count, group and other index of new edges)."""
+    """Rejection sampling of dead units' entries.
+
+    Returns:
+        units still dead, their count, and the group and other-axis index of every added edge.
+    """
     g, r, c, k = _unit_entries(layer, dead, direction)
     entries = layer.flat_index(g, r, c, k)  # (n, E)
     t_signed = rng.threshold(p) - (1 << 31)

@@ -272,7 +272,7 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
     for mname, m in model.named_modules(remove_duplicate=False):
         reader = _reader_for(m)
         if reader is None:
-            w = m._parameters.get("weight") if hasattr(m, "_parameters") else None
+            w = dict(m.named_parameters(recurse=False)).get("weight")
             if isinstance(w, torch.Tensor) and w.dim() >= 2 and keep(m, mname) and id(w) not in layers:
                 raise UnsupportedLayerError(
                     f"module {mname!r} of type {type(m).__name__} has a {w.dim()}-D weight but sparsekit "
