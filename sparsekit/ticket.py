@@ -68,7 +68,11 @@ class Report:
         body.append(["total", "", f"{t['params']:,}", f"{t['target_density']:.4g}", f"{t['realised_density']:.4g}",
                      f"{t['nonzeros']:,}", str(t["edges_added"]), "", f"{t['pairs_repaired']} pairs"])
         widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-        fmt = lambda row: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))  # noqa: E731
+
+        def fmt(row: list[str]) -> str:
+            cells = enumerate(zip(row, widths, strict=True))
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in cells)
+
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body[:-1]]
         lines += [fmt(["-" * w for w in widths]), fmt(body[-1])]
         return "\n".join(lines)
