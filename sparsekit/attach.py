@@ -17,7 +17,8 @@ untouched. Masks live in a small handle attached to the Parameter and are moved 
 parameter's device lazily, so ``model.to(device)`` just works.
 
 Caveat: writes that bypass autograd and optimizers (``param.data.copy_(...)``) are not seen;
-call :func:`enforce_masks` after them.
+call :func:`enforce_masks` after them. The same holds for ``load_state_dict`` on TorchScript
+modules, which do not support load-state-dict hooks.
 """
 
 from __future__ import annotations
@@ -141,13 +142,16 @@ def attach(model: nn.Module, masks: Mapping[str, torch.Tensor] | object) -> nn.M
                 f"{fqn} already has a sparsekit mask; call sparsekit.finalize(model) first to re-prune")
         todo.append((fqn, p, mask))
     _ensure_optimizer_hook()
+    modules = dict(model.named_modules(remove_duplicate=False))  # get_submodule fails on ScriptModules
     for fqn, p, mask in todo:
         h = MaskHandle(fqn, mask)
         _install(p, h)
         for name, q in params.items():
             if q is p:
                 mod_name, _, pname = name.rpartition(".")
-                owner = model.get_submodule(mod_name)
+                owner = modules[mod_name]
+                if isinstance(owner, torch.jit.ScriptModule):
+                    continue  # no load_state_dict hooks on TorchScript: call enforce_masks after loading
                 sd = owner.register_load_state_dict_post_hook(_make_sd_hook(pname, h))
                 h.owners.append((weakref.ref(owner), pname, sd))
     return model

@@ -25,7 +25,8 @@ A Parameter shared by several modules (tied weights) is one layer with one mask,
 fqn in module order; the other names are kept as ``aliases``.
 
 Other module types with a weight of two or more dimensions raise :class:`UnsupportedLayerError`
-unless excluded by ``filter_fn`` or registered with :func:`register_layer_type`.
+unless excluded by ``filter_fn``, registered with :func:`register_layer_type` (per class) or
+declared with :func:`declare_layouts` (per instance).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "LayerLayout",
     "find_layers",
     "register_layer_type",
+    "declare_layouts",
     "default_filter",
     "FilterFn",
 ]
@@ -228,7 +230,27 @@ def _is_hf_conv1d(m: nn.Module) -> bool:
             and isinstance(nf, int) and w.shape[1] == nf)
 
 
+#: Instance attribute through which a module can declare its prunable weights itself:
+#: ``{param_name: LayerLayout}``; ``_sparsekit_type`` may name its kind for reports.
+LAYOUTS_ATTR = "_sparsekit_layouts"
+TYPE_ATTR = "_sparsekit_type"
+
+
+def declare_layouts(module: nn.Module, layouts: dict[str, LayerLayout], type_name: str | None = None) -> None:
+    """Declare the prunable weights of one module instance (overrides the type registry).
+
+    Used for modules whose class says nothing about their weights, e.g. the containers of an
+    ``ExportedProgram.module()``; an empty dict marks a module as having nothing to prune.
+    """
+    module.__dict__[LAYOUTS_ATTR] = dict(layouts)
+    if type_name is not None:
+        module.__dict__[TYPE_ATTR] = type_name
+
+
 def _reader_for(m: nn.Module) -> _Reader | None:
+    declared = m.__dict__.get(LAYOUTS_ATTR)
+    if declared is not None:
+        return lambda _m: list(declared.items())
     for cls in type(m).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
@@ -240,6 +262,8 @@ def _reader_for(m: nn.Module) -> _Reader | None:
 
 
 def _type_name(m: nn.Module) -> str:
+    if TYPE_ATTR in m.__dict__:
+        return m.__dict__[TYPE_ATTR]
     if isinstance(m, torch.jit.ScriptModule):
         return getattr(m, "original_name", type(m).__name__)
     return type(m).__name__

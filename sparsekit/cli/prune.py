@@ -1,0 +1,242 @@
+"""``sparsekit prune``: draw Erdős–Rényi masks for a model and print the per-layer report.
+
+Example::
+
+    sparsekit prune torchvision:resnet18 --method pyramidal --density 0.01 --out report.json
+
+The command loads the model (:func:`sparsekit.cli._models.load_model`), calls
+:func:`sparsekit.prune` and shows :meth:`sparsekit.Ticket.report` as a table, or as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+from torch import nn
+
+import sparsekit
+from sparsekit._io import atomic_write_text
+from sparsekit._registry import method_infos
+from sparsekit.densities import validate_density
+from sparsekit.errors import UnknownMethodError
+from sparsekit.layers import FilterFn, default_filter
+
+from . import stdout_console
+from ._models import load_model, model_options, parse_kwargs
+
+__all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report"]
+
+MAX_ROWS = 60
+"""Reports with more layers show the first and last :data:`SHOWN_AT_ENDS` rows unless ``--all``."""
+SHOWN_AT_ENDS = 25
+
+
+def _method_names() -> str:
+    return ", ".join(f"{i.name} ({', '.join(i.aliases)})" if i.aliases else i.name for i in method_infos())
+
+
+class MethodType(click.ParamType):
+    """A registered method name or alias, resolved to its canonical name; choices come from the registry."""
+
+    name = "method"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return sparsekit.get_method(str(value)).name
+        except UnknownMethodError:
+            self.fail(f"unknown method {value!r}; valid methods: {_method_names()} (see 'sparsekit methods')",
+                      param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(sparsekit.list_methods()) + "]"
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        names = [n for i in method_infos() for n in (i.name, *i.aliases)]
+        return [CompletionItem(n) for n in names if n.startswith(incomplete.lower())]
+
+
+class DensityType(click.ParamType):
+    """A global density in (0, 1], checked by :func:`sparsekit.densities.validate_density`."""
+
+    name = "density"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number; give the fraction of weights to keep, in (0, 1], e.g. 0.01",
+                      param, ctx)
+        try:
+            return validate_density(number)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[re.Pattern]:
+    patterns = []
+    for value in values:
+        try:
+            patterns.append(re.compile(value))
+        except re.error as e:
+            raise click.BadParameter(f"{value!r} is not a regular expression: {e}", ctx, param) from e
+    return patterns
+
+
+def _parse_options(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for value in values:
+        try:
+            parsed = parse_kwargs(value, what="--option")
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx, param) from e
+        options.update(parsed)
+    return options
+
+
+def _names_of(module: nn.Module, module_fqn: str) -> list[str]:
+    params = [name for name, _ in module.named_parameters(recurse=False)]
+    return [module_fqn, *(f"{module_fqn}.{p}" if module_fqn else p for p in params)]
+
+
+def exclude_filter(patterns: Iterable[re.Pattern], base: FilterFn = default_filter) -> FilterFn:
+    """A ``filter_fn`` keeping what ``base`` keeps, minus modules whose name or a parameter name fully
+    matches one of ``patterns``."""
+    patterns = list(patterns)
+
+    def keep(module: nn.Module, module_fqn: str) -> bool:
+        if not base(module, module_fqn):
+            return False
+        return not any(p.fullmatch(n) for p in patterns for n in _names_of(module, module_fqn))
+
+    return keep
+
+
+def _check_patterns_match(model: nn.Module, patterns: Sequence[re.Pattern]) -> None:
+    """Every ``--exclude`` pattern must match a module or parameter name: a typo should not go unnoticed."""
+    names = [n for mname, m in model.named_modules() for n in _names_of(m, mname) if n]
+    for p in patterns:
+        if not any(p.fullmatch(n) for n in names):
+            examples = ", ".join(repr(n) for n in names[:3])
+            raise ValueError(f"--exclude {p.pattern!r} matches no module or parameter name (e.g. {examples}); "
+                             "a pattern must match a whole name ('.*text.*' matches a substring)")
+
+
+def _fmt_density(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _row(r: dict[str, Any]) -> list[Text]:
+    return [Text(r["fqn"]), Text("×".join(map(str, r["shape"]))), Text(f"{r['params']:,}"),
+            Text(_fmt_density(r["target_density"])), Text(_fmt_density(r["realised_density"])),
+            Text(f"{r['nonzeros']:,}"), Text(f"{r['edges_added']:,}"), Text(f"{r['rows_repaired']:,}"),
+            Text(f"{r['cols_repaired']:,}")]
+
+
+def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = False) -> None:
+    """Print ``report`` as a rich table with a totals row; long reports are cut in the middle."""
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("layer", overflow="fold")
+    table.add_column("shape", no_wrap=True)
+    for name in ("params", "target", "realised", "nonzeros", "edges added", "rows repaired", "cols repaired"):
+        table.add_column(name, justify="right", no_wrap=True)
+    rows = report.rows
+    if len(rows) > MAX_ROWS and not show_all:
+        hidden = len(rows) - 2 * SHOWN_AT_ENDS
+        for r in rows[:SHOWN_AT_ENDS]:
+            table.add_row(*_row(r))
+        table.add_row(Text(f"… {hidden} more layers (--all shows every layer)", style="dim"))
+        shown = rows[-SHOWN_AT_ENDS:]
+    else:
+        shown = rows
+    for i, r in enumerate(shown):
+        table.add_row(*_row(r), end_section=i == len(shown) - 1)
+    t = report.totals
+    table.add_row(Text("total", style="bold"), Text(""), Text(f"{t['params']:,}"),
+                  Text(_fmt_density(t["target_density"])), Text(_fmt_density(t["realised_density"]), style="bold"),
+                  Text(f"{t['nonzeros']:,}"), Text(f"{t['edges_added']:,}"), Text(""),
+                  Text(f"{t['pairs_repaired']} pairs"))
+    console = stdout_console()
+    if title:
+        console.print(title, markup=False)
+    console.print(table)
+    console.print(
+        f"global density: target {_fmt_density(t['target_density'])}, realised "
+        f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} "
+        f"layers); flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) "
+        "pairs", markup=False)
+
+
+def _title(spec: str, report: sparsekit.Report) -> str:
+    t = report.totals
+    options = "".join(f", {k}={v!r}" for k, v in t["method_options"].items())
+    extra = ", exact" if t["exact"] else ""
+    return (f"{spec}: {t['method']}{options}, density {_fmt_density(t['target_density'])}, seed {t['seed']}, "
+            f"flow {t['flow'] or 'none'}{extra}")
+
+
+@click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
+@model_options
+@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods').")
+@click.option("-d", "--density", type=DensityType(), required=True,
+              help="Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity).")
+@click.option("-s", "--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, metavar="INT",
+              help="Seed of the counter RNG; the same seed gives the same masks on every device.")
+@click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
+              show_default=True, help="Flow preservation: random addition, rejection sampling, or none.")
+@click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+              help="Option of the method, e.g. -o redistribute=False for er-balanced (repeatable).")
+@click.option("--exclude", multiple=True, metavar="REGEX", callback=_compile_patterns,
+              help="Leave out modules whose name or parameter name fully matches REGEX (repeatable).")
+@click.option("--dense", multiple=True, metavar="NAME",
+              help="Keep this layer dense (parameter or module name, or a regex); it counts towards the "
+                   "density (repeatable).")
+@click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also write the report as JSON to FILE.")
+@click.option("--overwrite", is_flag=True, help="Replace FILE given to --out if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--all", "show_all", is_flag=True, help=f"Show every layer (otherwise at most {MAX_ROWS}).")
+def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
+          method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
+          out: Path | None, overwrite: bool, as_json: bool, show_all: bool) -> None:
+    """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
+
+    MODEL is torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
+    package.module:factory[:KEY=VALUE,...], or a model file: TorchScript, torch.export (.pt2), a
+    state_dict (with --arch) or a pickled module (only with --trust-pickle).
+    """
+    config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
+    if out is not None:  # fail before the (possibly slow) model loading
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        if not out.resolve().parent.is_dir():
+            raise FileNotFoundError(f"folder {out.parent} of --out {out} does not exist; create it first")
+    started = time.perf_counter()
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    loaded_s = time.perf_counter() - started
+    filter_fn = None
+    if exclude:
+        _check_patterns_match(net, exclude)
+        filter_fn = exclude_filter(exclude)
+    ticket = sparsekit.prune(net, config, density, seed=seed, flow=flow.lower(), filter_fn=filter_fn,
+                             dense=dense, exact=exact)
+    report = ticket.report()
+    if out is not None:
+        atomic_write_text(out, report.to_json() + "\n", overwrite=overwrite)
+    if as_json:
+        click.echo(report.to_json())
+        return
+    print_report(report, title=_title(model, report), show_all=show_all)
+    note = f"; report written to {out}" if out is not None else ""
+    stdout_console().print(f"pruned in {ticket.elapsed_s:.2f} s (model loaded in {loaded_s:.2f} s){note}",
+                           markup=False)
