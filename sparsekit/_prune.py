@@ -16,6 +16,7 @@ from .densities import densities_for_layers, resolve_method, validate_density
 from .errors import NoPrunableLayersError, SparsekitError
 from .flow import FLOW_MODES, repair_flow
 from .layers import FilterFn, find_layers
+from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
 from .ticket import LayerRecord, Ticket
@@ -100,7 +101,7 @@ def prune(
                              "first to prune it again")
     dens = densities_for_layers(layers, m, density, dense)
     records: list[LayerRecord] = []
-    masks: dict[str, torch.Tensor] = {}
+    masks: dict[str, CompactMask] = {}
     meta = False
     for L in layers:
         p = dens[L.fqn]
@@ -112,9 +113,10 @@ def prune(
             torch.device("cpu") if L.param.is_meta else L.param.device)
         mask = draw_mask(L.fqn, L.shape, p, seed, exact=exact, device=dev, chunk_words=chunk_words)
         rep = repair_flow(L, mask, p, seed, flow)
-        masks[L.fqn] = mask
+        compact = masks[L.fqn] = CompactMask.from_bool(mask, consume=True)
+        del mask
         records.append(LayerRecord(
-            L.fqn, L.module_type, L.shape, p, int(torch.count_nonzero(mask)), rep.edges_added,
+            L.fqn, L.module_type, L.shape, p, compact.nnz, rep.edges_added,
             rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases))
     ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
                     rng=RNG_ID, sparsekit_version=__version__)

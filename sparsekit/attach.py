@@ -6,9 +6,13 @@ zero once, in place, and kept at zero by
 1. a post-accumulate-grad hook on each masked Parameter that zeroes the gradient of masked entries
    (so SGD with momentum and weight decay, Adam, AdamW, ... never move them: their update is a
    function of the gradient and of the weight, both zero there), and
-2. one global optimizer step post-hook that re-applies the masks of the parameters an optimizer
-   just updated; this covers optimizer state created before pruning and gradients reduced after
-   the hooks ran (DDP).
+2. one global optimizer step post-hook. For torch's elementwise optimizers (SGD, Adam, AdamW,
+   RMSprop, ...) it re-applies the mask and zeroes the masked entries of the optimizer state once,
+   at the first step of each optimizer (state created before pruning cannot revive weights); after
+   that it costs nothing. Any other optimizer is re-masked after every step.
+
+Masks are :class:`~sparsekit.masks.CompactMask` objects: kept indices below density 1/8, so
+zeroing costs one memset plus a gather/scatter of the kept entries.
 
 A load-state-dict post-hook on each owning module re-applies the mask after ``load_state_dict``
 (also with ``assign=True``, which replaces the Parameter). Forward passes need no hook at all, so
@@ -32,25 +36,38 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
 from .errors import SparsekitError
+from .masks import CompactMask
 
 __all__ = ["attach", "finalize", "enforce_masks", "is_pruned", "masked_parameters"]
 
 _ATTR = "_sparsekit_mask"
 
 
+#: torch optimizers whose update of an entry depends only on that entry's gradient, weight and state:
+#: once the masked entries of weight, gradient and state are zero they stay zero, so after a first
+#: clean-up step the post-step hook has nothing to do for them. Any other optimizer (LBFGS works
+#: on whole vectors, third-party ones may orthogonalise updates, ...) is re-masked after every step.
+_ELEMENTWISE = {
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+    torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Rprop, torch.optim.Adagrad, torch.optim.Adadelta,
+    torch.optim.ASGD,
+}
+
+
 class MaskHandle:
     """The mask of one Parameter and the hooks that enforce it."""
 
-    __slots__ = ("fqn", "mask", "_copies", "grad_hook", "owners", "__weakref__")
+    __slots__ = ("fqn", "mask", "_copies", "grad_hook", "owners", "clean_for", "__weakref__")
 
-    def __init__(self, fqn: str, mask: torch.Tensor) -> None:
+    def __init__(self, fqn: str, mask: CompactMask) -> None:
         self.fqn = fqn
         self.mask = mask
-        self._copies: dict[torch.device, torch.Tensor] = {}
+        self._copies: dict[torch.device, CompactMask] = {}
         self.grad_hook: RemovableHandle | None = None
         self.owners: list[tuple[weakref.ref, str, RemovableHandle]] = []
+        self.clean_for: weakref.WeakSet = weakref.WeakSet()  # optimizers whose state is clean
 
-    def on(self, device: torch.device) -> torch.Tensor:
+    def on(self, device: torch.device) -> CompactMask:
         """The mask on ``device`` (copied once, then cached)."""
         if self.mask.device == device:
             return self.mask
@@ -62,25 +79,36 @@ class MaskHandle:
     @torch.no_grad()
     def apply(self, p: torch.Tensor) -> None:
         if not p.is_meta:
-            p.mul_(self.on(p.device))
+            self.on(p.device).zero_pruned_(p)
 
 
 def _grad_hook(p: torch.Tensor) -> None:
     h: MaskHandle | None = getattr(p, _ATTR, None)
     g = p.grad
     if h is not None and g is not None and g.layout == torch.strided:
-        g.mul_(h.on(g.device))
+        h.on(g.device).zero_pruned_(g)
 
 
 _OPT_HOOK: RemovableHandle | None = None
 
 
+@torch.no_grad()
 def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    elementwise = type(optimizer) in _ELEMENTWISE
     for group in optimizer.param_groups:
         for p in group["params"]:
             h = getattr(p, _ATTR, None)
-            if h is not None:
-                h.apply(p)
+            if h is None:
+                continue
+            if elementwise and h.grad_hook is not None and optimizer in h.clean_for:
+                continue  # masked entries of weight, grad and state are zero and stay zero
+            h.apply(p)
+            if elementwise:
+                mask = h.on(p.device)
+                for v in optimizer.state.get(p, {}).values():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape and v.device == p.device:
+                        mask.zero_pruned_(v)
+                h.clean_for.add(optimizer)
 
 
 def _ensure_optimizer_hook() -> None:
@@ -91,8 +119,8 @@ def _ensure_optimizer_hook() -> None:
 
 def _install(p: nn.Parameter, h: MaskHandle) -> None:
     setattr(p, _ATTR, h)
-    if p.requires_grad:
-        h.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook)
+    h.clean_for = weakref.WeakSet()
+    h.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook) if p.requires_grad else None
     h.apply(p)
 
 
@@ -113,26 +141,29 @@ def _make_sd_hook(pname: str, h: MaskHandle):
     return hook
 
 
-def attach(model: nn.Module, masks: Mapping[str, torch.Tensor] | object) -> nn.Module:
-    """Enforce ``masks`` (``{fqn: bool tensor}`` or a Ticket) on ``model`` in place.
+def attach(model: nn.Module, masks: Mapping[str, torch.Tensor | CompactMask] | object) -> nn.Module:
+    """Enforce ``masks`` (``{fqn: bool tensor or CompactMask}`` or a Ticket) on ``model`` in place.
 
     Masked weights become exactly zero and stay zero through training with any torch optimizer.
     Parameters on the meta device cannot be masked: materialise the model first.
     """
-    if hasattr(masks, "masks") and not isinstance(masks, Mapping):
-        masks = masks.masks  # a Ticket
+    compact = getattr(masks, "compact_masks", None)
+    if compact is not None:  # a Ticket
+        masks = compact
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks must be a mapping fqn -> bool tensor or a Ticket, got {type(masks).__name__}")
     params = dict(model.named_parameters(remove_duplicate=False))
-    todo: list[tuple[str, nn.Parameter, torch.Tensor]] = []
+    todo: list[tuple[str, nn.Parameter, CompactMask]] = []
     for fqn, mask in masks.items():
         p = params.get(fqn)
         if p is None:
             raise SparsekitError(f"the model has no parameter {fqn!r}; masks and model do not match")
-        if tuple(mask.shape) != tuple(p.shape) or mask.dtype != torch.bool:
+        shape = mask.shape if isinstance(mask, CompactMask) else tuple(mask.shape)
+        if isinstance(mask, torch.Tensor) and mask.dtype != torch.bool:
+            raise SparsekitError(f"mask for {fqn} has dtype {mask.dtype}; expected a bool tensor")
+        if tuple(shape) != tuple(p.shape):
             raise SparsekitError(
-                f"mask for {fqn} has shape {tuple(mask.shape)} and dtype {mask.dtype}; expected a bool "
-                f"tensor of shape {tuple(p.shape)}")
+                f"mask for {fqn} has shape {tuple(shape)}; the parameter has shape {tuple(p.shape)}")
         if p.is_meta:
             raise SparsekitError(
                 f"{fqn} is on the meta device; materialise the model (e.g. model.to_empty(device='cpu') "
@@ -140,7 +171,7 @@ def attach(model: nn.Module, masks: Mapping[str, torch.Tensor] | object) -> nn.M
         if getattr(p, _ATTR, None) is not None:
             raise SparsekitError(
                 f"{fqn} already has a sparsekit mask; call sparsekit.finalize(model) first to re-prune")
-        todo.append((fqn, p, mask))
+        todo.append((fqn, p, mask if isinstance(mask, CompactMask) else CompactMask.from_bool(mask)))
     _ensure_optimizer_hook()
     modules = dict(model.named_modules(remove_duplicate=False))  # get_submodule fails on ScriptModules
     for fqn, p, mask in todo:
@@ -158,21 +189,25 @@ def attach(model: nn.Module, masks: Mapping[str, torch.Tensor] | object) -> nn.M
 
 
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
-    """``(fqn, parameter, mask)`` for every parameter of ``model`` that carries a mask."""
+    """``(fqn, parameter, bool mask)`` for every parameter of ``model`` that carries a mask."""
     for name, p in model.named_parameters():
         h = getattr(p, _ATTR, None)
         if h is not None:
-            yield name, p, h.mask
+            yield name, p, h.mask.bool()
+
+
+def _masked(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if getattr(p, _ATTR, None) is not None]
 
 
 def is_pruned(model: nn.Module) -> bool:
     """Whether any parameter of ``model`` carries a sparsekit mask."""
-    return any(True for _ in masked_parameters(model))
+    return bool(_masked(model))
 
 
 def enforce_masks(model: nn.Module) -> nn.Module:
     """Zero the masked entries again (after writing to weights outside autograd and optimizers)."""
-    for _, p, _ in masked_parameters(model):
+    for p in _masked(model):
         getattr(p, _ATTR).apply(p)
     return model
 
@@ -182,7 +217,7 @@ def finalize(model: nn.Module) -> nn.Module:
 
     Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
     """
-    for _, p, _ in list(masked_parameters(model)):
+    for p in _masked(model):
         h: MaskHandle = getattr(p, _ATTR)
         h.apply(p)
         if h.grad_hook is not None:

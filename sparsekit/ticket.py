@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ._io import atomic_write_text
+from .masks import CompactMask, MaskView
 
 __all__ = ["Ticket", "LayerRecord", "Report"]
 
@@ -92,7 +93,8 @@ class Ticket:
         exact: exact-count masks instead of Bernoulli.
         layers: one :class:`LayerRecord` per masked weight, in module order (layers kept dense
             appear with target density 1).
-        masks: boolean masks for the layers with density below 1, by fqn.
+        compact_masks: the masks of the layers with density below 1, by fqn, stored compactly
+            (:class:`~sparsekit.masks.CompactMask`); ``masks`` shows them as bool tensors.
         rng: id of the random number generator (``formats/TICKET.md``).
     """
 
@@ -102,12 +104,17 @@ class Ticket:
     flow: str | None
     exact: bool
     layers: list[LayerRecord]
-    masks: dict[str, torch.Tensor] = field(repr=False)
+    compact_masks: dict[str, CompactMask] = field(repr=False)
     method_options: dict[str, Any] = field(default_factory=dict)
     kind: str = "er"
     rng: str = "sk-ctr64-v1"
     sparsekit_version: str = ""
     elapsed_s: float = field(default=0.0, compare=False)
+
+    @property
+    def masks(self) -> MaskView:
+        """``{fqn: bool mask}`` (read-only; each lookup builds a new tensor from the compact form)."""
+        return MaskView(self.compact_masks)
 
     @property
     def densities(self) -> dict[str, float]:
@@ -121,11 +128,11 @@ class Ticket:
 
     def mask(self, fqn: str) -> torch.Tensor:
         """The mask of ``fqn`` (all True for layers kept dense)."""
-        if fqn in self.masks:
-            return self.masks[fqn]
         for r in self.layers:
             if r.fqn == fqn or fqn in r.aliases:
-                return self.masks.get(r.fqn, torch.ones(r.shape, dtype=torch.bool))
+                if r.fqn in self.compact_masks:
+                    return self.compact_masks[r.fqn].bool()
+                return torch.ones(r.shape, dtype=torch.bool)
         raise KeyError(f"{fqn!r} is not a layer of this ticket; layers: {[r.fqn for r in self.layers][:8]}...")
 
     def report(self) -> Report:
@@ -152,8 +159,8 @@ class Ticket:
 
     def to(self, device: torch.device | str) -> Ticket:
         """A copy of the ticket with its masks on ``device``."""
-        d = {k: v for k, v in self.__dict__.items() if k != "masks"}
-        return Ticket(**d, masks={k: v.to(device) for k, v in self.masks.items()})
+        d = {k: v for k, v in self.__dict__.items() if k != "compact_masks"}
+        return Ticket(**d, compact_masks={k: v.to(device) for k, v in self.compact_masks.items()})
 
     def provenance(self) -> dict[str, Any]:
         """Everything but the masks, JSON-serialisable."""

@@ -89,7 +89,7 @@ def test_prune_json_matches_the_library():
 
 def test_prune_flow_exact_options_and_dense():
     result = run("prune", MLP, "-m", "balanced", "-d", "0.3", "--flow", "none", "--exact",
-                 "-o", "redistribute=False", "--dense", "4.weight", "--json")
+                 "-O", "redistribute=False", "--dense", "4.weight", "--json")
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)
     expected = library_report(mlp(SIZES), "er-balanced", 0.3, flow=None, exact=True, redistribute=False,
@@ -114,7 +114,7 @@ def test_exclude_that_matches_nothing_is_an_error():
 
 
 def test_unknown_method_option_is_one_line_error():
-    result = run("prune", MLP, "-m", "balanced", "-d", "0.2", "-o", "colour=1")
+    result = run("prune", MLP, "-m", "balanced", "-d", "0.2", "-O", "colour=1")
     assert result.exit_code == 1
     line = error_line(result)
     assert "'colour'" in line and "redistribute" in line
@@ -291,7 +291,7 @@ def test_exported_pt2_file_prunes_like_the_eager_model(tmp_path):
 
 def test_out_writes_json_and_never_overwrites_silently(tmp_path):
     out = tmp_path / "report.json"
-    first = run("prune", MLP, "-d", "0.2", "--out", str(out))
+    first = run("prune", MLP, "-d", "0.2", "-o", str(out))
     assert first.exit_code == 0, first.output
     written = json.loads(out.read_text())
     expected = library_report(mlp(SIZES), "er-balanced", 0.2)

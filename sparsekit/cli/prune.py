@@ -193,7 +193,7 @@ def _title(spec: str, report: sparsekit.Report) -> str:
               help="Seed of the counter RNG; the same seed gives the same masks on every device.")
 @click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
               show_default=True, help="Flow preservation: random addition, rejection sampling, or none.")
-@click.option("-o", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
               help="Option of the method, e.g. -o redistribute=False for er-balanced (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", callback=_compile_patterns,
               help="Leave out modules whose name or parameter name fully matches REGEX (repeatable).")
@@ -201,7 +201,7 @@ def _title(spec: str, report: sparsekit.Report) -> str:
               help="Keep this layer dense (parameter or module name, or a regex); it counts towards the "
                    "density (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Also write the report as JSON to FILE.")
 @click.option("--overwrite", is_flag=True, help="Replace FILE given to --out if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
