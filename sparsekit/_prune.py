@@ -113,7 +113,7 @@ def prune(
             torch.device("cpu") if L.param.is_meta else L.param.device)
         mask = draw_mask(L.fqn, L.shape, p, seed, exact=exact, device=dev, chunk_words=chunk_words)
         rep = repair_flow(L, mask, p, seed, flow)
-        compact = masks[L.fqn] = CompactMask.from_bool(mask, consume=True)
+        compact = masks[L.fqn] = CompactMask.from_bool(mask, consume=True, density_hint=p)
         del mask
         records.append(LayerRecord(
             L.fqn, L.module_type, L.shape, p, compact.nnz, rep.edges_added,

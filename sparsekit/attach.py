@@ -90,11 +90,18 @@ def _grad_hook(p: torch.Tensor) -> None:
 
 
 _OPT_HOOK: RemovableHandle | None = None
+#: Bumped whenever masks are attached or removed anywhere; an elementwise optimizer whose params were
+#: all clean at generation g needs no work until the generation changes.
+_GENERATION = 0
+_CLEAN_AT = "_sparsekit_clean_generation"
 
 
 @torch.no_grad()
 def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
     elementwise = type(optimizer) in _ELEMENTWISE
+    if elementwise and getattr(optimizer, _CLEAN_AT, None) == (_GENERATION, len(optimizer.param_groups)):
+        return  # O(1) per step in the steady state
+    all_clean = True
     for group in optimizer.param_groups:
         for p in group["params"]:
             h = getattr(p, _ATTR, None)
@@ -102,6 +109,7 @@ def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs:
                 continue
             if elementwise and h.grad_hook is not None and optimizer in h.clean_for:
                 continue  # masked entries of weight, grad and state are zero and stay zero
+            all_clean = all_clean and h.grad_hook is not None
             h.apply(p)
             if elementwise:
                 mask = h.on(p.device)
@@ -109,6 +117,8 @@ def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs:
                     if isinstance(v, torch.Tensor) and v.shape == p.shape and v.device == p.device:
                         mask.zero_pruned_(v)
                 h.clean_for.add(optimizer)
+    if elementwise and all_clean:
+        setattr(optimizer, _CLEAN_AT, (_GENERATION, len(optimizer.param_groups)))
 
 
 def _ensure_optimizer_hook() -> None:
@@ -117,7 +127,13 @@ def _ensure_optimizer_hook() -> None:
         _OPT_HOOK = register_optimizer_step_post_hook(_optimizer_post_hook)
 
 
+def _bump() -> None:
+    global _GENERATION
+    _GENERATION += 1
+
+
 def _install(p: nn.Parameter, h: MaskHandle) -> None:
+    _bump()
     setattr(p, _ATTR, h)
     h.clean_for = weakref.WeakSet()
     h.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook) if p.requires_grad else None
@@ -217,6 +233,7 @@ def finalize(model: nn.Module) -> nn.Module:
 
     Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
     """
+    _bump()
     for p in _masked(model):
         h: MaskHandle = getattr(p, _ATTR)
         h.apply(p)

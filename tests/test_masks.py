@@ -72,3 +72,15 @@ def test_subclass_of_sgd_is_not_trusted_blindly():
         model(torch.randn(2, 8)).sum().backward()
         opt.step()
     assert torch.all(model[0].weight[~t.masks["0.weight"]] == 0)
+
+
+def test_flat_nonzero_matches_nonzero():
+    from sparsekit.masks import flat_nonzero
+
+    gen = torch.Generator().manual_seed(1)
+    for n in (0, 1, 7, 8, 9, 1001, 4096):
+        for p in (0.0, 0.01, 0.5, 1.0):
+            m = torch.rand(n, generator=gen) < p
+            assert torch.equal(flat_nonzero(m), m.nonzero().squeeze(1))
+            if n > 2:
+                assert torch.equal(flat_nonzero(m[1:]), m[1:].nonzero().squeeze(1))  # unaligned view

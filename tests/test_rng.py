@@ -142,3 +142,12 @@ def test_cuda_matches_cpu():
     a = draw_mask("g.weight", (300, 301), 0.05, 3, exact=True)
     b = draw_mask("g.weight", (300, 301), 0.05, 3, exact=True, device="cuda").cpu()
     assert torch.equal(a, b)
+
+
+def test_concurrent_threads_get_identical_masks():
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = draw_mask("t.weight", (700, 900), 0.03, 9, chunk_words=1000)
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: draw_mask("t.weight", (700, 900), 0.03, 9, chunk_words=1000), range(8)))
+    assert all(torch.equal(o, ref) for o in outs)
