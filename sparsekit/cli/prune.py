@@ -28,7 +28,7 @@ from sparsekit.densities import validate_density
 from sparsekit.errors import UnknownMethodError
 from sparsekit.layers import FilterFn, default_filter
 
-from . import stdout_console
+from . import UserError, stdout_console
 from ._models import load_model, model_options, parse_kwargs
 
 __all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report"]
@@ -43,7 +43,10 @@ def _method_names() -> str:
 
 
 class MethodType(click.ParamType):
-    """A registered method name or alias, resolved to its canonical name; choices come from the registry."""
+    """A registered method name or alias, resolved to its canonical name; choices come from the registry.
+
+    An unknown name is a user error (one line, exit status 1), not a usage error.
+    """
 
     name = "method"
 
@@ -51,8 +54,8 @@ class MethodType(click.ParamType):
         try:
             return sparsekit.get_method(str(value)).name
         except UnknownMethodError:
-            self.fail(f"unknown method {value!r}; valid methods: {_method_names()} (see 'sparsekit methods')",
-                      param, ctx)
+            raise UserError(f"--method: unknown method {value!r}; valid methods: {_method_names()} "
+                            "(see 'sparsekit methods')") from None
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "[" + "|".join(sparsekit.list_methods()) + "]"
@@ -73,12 +76,12 @@ class DensityType(click.ParamType):
         try:
             number = float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number; give the fraction of weights to keep, in (0, 1], e.g. 0.01",
-                      param, ctx)
+            raise UserError(f"--density: {value!r} is not a number; give the fraction of weights to keep, "
+                            "in (0, 1], e.g. 0.01") from None
         try:
             return validate_density(number)
         except ValueError as e:
-            self.fail(str(e), param, ctx)
+            raise UserError(f"--density: {e}") from None
 
 
 def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[re.Pattern]:
