@@ -13,9 +13,9 @@ from . import __version__
 from ._registry import Method
 from .attach import attach, is_pruned
 from .densities import densities_for_layers, resolve_method, validate_density
-from .errors import NoPrunableLayersError, SparsekitError
+from .errors import SparsekitError
 from .flow import FLOW_MODES, repair_flow
-from .layers import FilterFn, find_layers
+from .layers import FilterFn, prunable_layers
 from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
@@ -90,12 +90,7 @@ def prune(
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be True or False, got {exact!r}")
     m = resolve_method(method, dict(options))
-    layers = find_layers(model, filter_fn)
-    if not layers:
-        raise NoPrunableLayersError(
-            f"{type(model).__name__} has no prunable weights (Linear, ConvNd, ConvTransposeNd, "
-            "MultiheadAttention, Conv1D) after filtering; check filter_fn or register your layer type "
-            "with sparsekit.register_layer_type")
+    layers = prunable_layers(model, filter_fn)
     if is_pruned(model):
         raise SparsekitError("the model already carries sparsekit masks; call sparsekit.finalize(model) "
                              "first to prune it again")

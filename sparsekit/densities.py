@@ -33,7 +33,7 @@ from torch import nn
 
 from ._registry import Method, get_method, register_method
 from .errors import NoPrunableLayersError
-from .layers import FilterFn, Layer, find_layers, select
+from .layers import FilterFn, Layer, prunable_layers, select
 
 __all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layer_densities", "validate_density"]
 
@@ -204,10 +204,5 @@ def layer_densities(
     Works on meta-device models. ``dense`` names layers kept at density 1 (they count towards the
     global budget); ``options`` go to the method (e.g. ``redistribute=False`` for er-balanced).
     """
-    layers = find_layers(model, filter_fn)
-    if not layers:
-        raise NoPrunableLayersError(
-            f"{type(model).__name__} has no prunable weights (Linear, ConvNd, ConvTransposeNd, "
-            "MultiheadAttention, Conv1D) after filtering; check filter_fn or register your layer type "
-            "with sparsekit.register_layer_type")
+    layers = prunable_layers(model, filter_fn)
     return densities_for_layers(layers, method, density, dense, **options)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import UnsupportedLayerError
+from .errors import NoPrunableLayersError, UnsupportedLayerError
 
 __all__ = [
     "Layer",
@@ -322,6 +322,17 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
             aliases = (fqn,) if first != fqn else ()
             layers[id(p)] = Layer(first, mname, _type_name(m), tuple(p.shape), layout, p, aliases)
     return list(layers.values())
+
+
+def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Layer]:
+    """:func:`find_layers`, raising :class:`NoPrunableLayersError` when nothing is selected."""
+    layers = find_layers(model, filter_fn)
+    if not layers:
+        raise NoPrunableLayersError(
+            f"{type(model).__name__} has no prunable weights (Linear, ConvNd, ConvTransposeNd, "
+            "MultiheadAttention, Conv1D) after filtering; check filter_fn or register your layer type "
+            "with sparsekit.register_layer_type")
+    return layers
 
 
 def _check_layout(fqn: str, shape: tuple[int, ...], lo: LayerLayout) -> None:
