@@ -23,6 +23,8 @@ from .errors import (
     UnsafeFileError,
     UnsupportedLayerError,
 )
+from .formats.errors import TicketError
+from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
 from .ticket import LayerRecord, Report, Ticket
 
@@ -30,6 +32,10 @@ __all__ = [
     "__version__",
     "prune",
     "layer_densities",
+    "save_ticket",
+    "load_ticket",
+    "apply_ticket",
+    "TicketError",
     "list_methods",
     "get_method",
     "register_method",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -19,7 +20,7 @@ from .layers import FilterFn, prunable_layers
 from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
-from .ticket import LayerRecord, Ticket
+from .ticket import LayerRecord, Ticket, model_fingerprint
 
 __all__ = ["prune", "validate_seed", "validate_flow"]
 
@@ -114,11 +115,13 @@ def prune(
             L.fqn, L.module_type, L.shape, p, compact.nnz, rep.edges_added,
             rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases))
     ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
-                    rng=RNG_ID, sparsekit_version=__version__)
+                    rng=RNG_ID, sparsekit_version=__version__, layouts={L.fqn: L.layout for L in layers},
+                    file_fingerprint=model_fingerprint(model))
     if meta:
         warnings.warn("the model is on the meta device: masks were drawn and reported but not attached; "
                       "materialise the model and call sparsekit.attach(model, ticket)", stacklevel=2)
     else:
         attach(model, masks)
+        ticket.model_ref = weakref.ref(model)
     ticket.elapsed_s = time.perf_counter() - t0
     return ticket

@@ -17,7 +17,15 @@ import torch
 from ._io import atomic_write_text
 from .masks import CompactMask, MaskView
 
-__all__ = ["Ticket", "LayerRecord", "Report"]
+__all__ = ["Ticket", "LayerRecord", "Report", "model_fingerprint"]
+
+
+def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """A digest of every parameter's name and shape: tickets check it before they are applied."""
+    import hashlib
+
+    items = sorted((n, list(p.shape)) for n, p in model.named_parameters())
+    return {"params_sha256": hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()[:32]}
 
 
 @dataclass
@@ -110,6 +118,16 @@ class Ticket:
     rng: str = "sk-ctr64-v1"
     sparsekit_version: str = ""
     elapsed_s: float = field(default=0.0, compare=False)
+    #: axes of each masked weight (needed to rebuild flow repairs from the seed)
+    layouts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: strong tickets: ``{"scheme": ..., "seed": ...}`` rebuilding the frozen weights (formats/TICKET.md §9)
+    init: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: stored weights of a ticket file saved with ``weights="kept"`` (``kept/<fqn>``, ``state/<key>``)
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    #: fingerprint of the model a loaded ticket was saved from
+    file_fingerprint: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: weak reference to the model the masks are attached to
+    model_ref: Any = field(default=None, repr=False, compare=False)
 
     @property
     def masks(self) -> MaskView:
@@ -159,7 +177,7 @@ class Ticket:
 
     def to(self, device: torch.device | str) -> Ticket:
         """A copy of the ticket with its masks on ``device``."""
-        d = {k: v for k, v in self.__dict__.items() if k != "compact_masks"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("compact_masks",)}
         return Ticket(**d, compact_masks={k: v.to(device) for k, v in self.compact_masks.items()})
 
     def provenance(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""On-disk formats of sparsekit tickets and their mask encodings (``formats/``)."""

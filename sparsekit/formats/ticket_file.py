@@ -1,0 +1,495 @@
+"""Ticket files: safetensors containers of "masks plus seeds" (formats/TICKET.md §9).
+
+* ``er`` tickets store only what rebuilds their masks (seed, method, per-layer densities and
+  layouts, flow mode, RNG id): no mask bits, a few KiB whatever the model size.
+* Learned masks (kinds ``rewired``, ``strong``, ``learned``) store their bits, each layer in the
+  smaller of bit-packing and Rice-coded gaps (:mod:`sparsekit.formats.codecs`).
+* ``weights="kept"`` adds the values of the kept weights and every unmasked state_dict entry, so a
+  trained weak ticket is a complete model at about ``density`` times the dense size.
+
+Everything read from a file is validated before the model is touched; every problem raises
+:class:`~sparsekit.formats.errors.TicketError`. Files are written atomically and never overwrite an
+existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import __version__
+from .._io import atomic_write_bytes
+from ..flow import repair_flow
+from ..layers import Layer, LayerLayout, find_layers
+from ..masks import CompactMask
+from ..rng import RNG_ID
+from ..sampling import draw_mask
+from ..ticket import LayerRecord, Ticket, model_fingerprint
+from .errors import TicketError
+
+__all__ = ["save_ticket", "load_ticket", "apply_ticket", "serialize", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "sparsekit-ticket"
+FORMAT_VERSION = "1.0"
+KINDS = ("er", "rewired", "strong", "learned")
+_MAX_HEADER = 100 * 1024 * 1024
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+# --------------------------------------------------------------------------------------------------
+# container
+
+
+def _params_digest(model: nn.Module) -> str:
+    return model_fingerprint(model)["params_sha256"]
+
+
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file, byte-for-byte reproducible (formats/TICKET.md §9.1).
+
+    Header: JSON with sorted keys and no whitespace, ``__metadata__`` first, padded with spaces to a
+    multiple of 8 bytes; tensors laid out in sorted name order, little endian, without gaps.
+    """
+    header: dict[str, Any] = {}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    body = json.dumps(header, separators=(",", ":"), sort_keys=True)
+    meta = json.dumps(metadata, separators=(",", ":"), sort_keys=True)
+    text = ('{"__metadata__":' + meta + ("," + body[1:] if len(body) > 2 else "}")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + b"".join(chunks)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def _record_row(r: LayerRecord, layout: LayerLayout | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "fqn": r.fqn, "type": r.module_type, "shape": list(r.shape), "density": r.target_density,
+        "nonzeros": r.nonzeros, "edges_added": r.edges_added, "rows_repaired": r.rows_repaired,
+        "cols_repaired": r.cols_repaired,
+    }
+    if r.fallbacks:
+        row["fallbacks"] = r.fallbacks
+    if r.aliases:
+        row["aliases"] = list(r.aliases)
+    if layout is not None:
+        row["layout"] = [layout.out_axis, layout.in_axis, layout.groups]
+    return row
+
+
+def save_ticket(
+    ticket: Ticket,
+    path: str | os.PathLike,
+    *,
+    weights: str | None = None,
+    weights_dtype: torch.dtype | None = None,
+    model: nn.Module | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``ticket`` to a safetensors file (atomically).
+
+    Args:
+        ticket: from :func:`sparsekit.prune` (kind ``er``) or a learned-mask ticket.
+        path: destination, conventionally ``*.safetensors``.
+        weights: None (masks only) or ``"kept"``: also the kept weight values and all unmasked
+            state_dict entries of the model the ticket is attached to (or ``model``).
+        weights_dtype: store floating-point weights in this dtype (e.g. ``torch.float16``).
+        model: the model to take weights and the fingerprint from (default: the pruned model).
+        overwrite: replace an existing file.
+    """
+    if not isinstance(ticket, Ticket):
+        raise TypeError(f"ticket must be a sparsekit.Ticket, got {type(ticket).__name__}")
+    if weights not in (None, "kept"):
+        raise ValueError(f"weights must be None or 'kept', got {weights!r}")
+    if ticket.kind not in KINDS:
+        raise ValueError(f"ticket kind {ticket.kind!r} unknown; expected one of {KINDS}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    if model is None and ticket.model_ref is not None:
+        model = ticket.model_ref()
+    if weights == "kept" and model is None:
+        raise ValueError("weights='kept' needs the model: the pruned model is gone; pass model=...")
+    layouts = dict(ticket.layouts)
+    if ticket.kind == "er" and any(r.fqn not in layouts for r in ticket.layers if r.target_density < 1):
+        raise ValueError("this er ticket lacks layer layouts and cannot be rebuilt from its seed")
+
+    tensors: dict[str, torch.Tensor] = {}
+    rows = []
+    for r in ticket.layers:
+        row = _record_row(r, layouts.get(r.fqn))
+        cm = ticket.compact_masks.get(r.fqn)
+        if ticket.kind != "er" and cm is not None:
+            from .codecs import encode_indices
+
+            kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
+            encoding, payload, params = encode_indices(kept.cpu().numpy(), cm.numel)
+            row["encoding"] = encoding
+            row["encoding_params"] = params
+            tensors[f"mask/{r.fqn}"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else \
+                torch.zeros(0, dtype=torch.uint8)
+        rows.append(row)
+
+    meta: dict[str, Any] = {
+        "kind": ticket.kind, "method": ticket.method, "method_options": dict(ticket.method_options),
+        "density": ticket.density, "realised_density": ticket.realised_density, "seed": str(ticket.seed),
+        "flow": ticket.flow, "exact": ticket.exact, "rng": ticket.rng, "layers": rows,
+    }
+    if ticket.init is not None:
+        meta["init"] = ticket.init
+    fp = ticket.file_fingerprint or (model_fingerprint(model) if model is not None else None)
+    if fp is not None:
+        meta["fingerprint"] = fp
+    if weights == "kept":
+        meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors)
+    header = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "sparsekit_version": __version__,
+        "kind": ticket.kind, "ticket": json.dumps(meta, separators=(",", ":"), sort_keys=True),
+    }
+    return atomic_write_bytes(path, serialize(tensors, header), overwrite=overwrite)
+
+
+def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None,
+                     tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    masked = {r.fqn for r in ticket.layers if r.fqn in ticket.compact_masks}
+    aliases = {a for r in ticket.layers for a in r.aliases}
+    sd = model.state_dict(keep_vars=False)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().cpu()
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    for fqn in masked:
+        if fqn not in sd:
+            raise TicketError(f"the model has no state_dict entry {fqn!r} for the ticket's layer")
+        cm = ticket.compact_masks[fqn]
+        flat = sd[fqn].reshape(-1)
+        kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
+        tensors[f"kept/{fqn}"] = cast(flat.index_select(0, kept.to(flat.device))).contiguous()
+    for key, value in sd.items():
+        if key in masked or key in aliases:
+            continue
+        tensors[f"state/{key}"] = cast(value).contiguous()
+    return {"mode": "kept", "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """(tensor table, __metadata__, data offset); validates the safetensors framing."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise TicketError(f"{path} is not a ticket file: shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER or 8 + n > size:
+                raise TicketError(f"{path} is not a valid safetensors file: header length {n} does not fit "
+                                  f"the file size {size} (truncated or not a ticket)")
+            raw = f.read(n)
+    except OSError as e:
+        raise TicketError(f"cannot read ticket file {path}: {e}") from e
+    try:
+        table = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TicketError(f"{path} is not a valid safetensors file: header is not JSON ({e})") from e
+    if not isinstance(table, dict):
+        raise TicketError(f"{path}: safetensors header must be a JSON object")
+    meta = table.pop("__metadata__", None)
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise TicketError(f"{path} has no sparsekit metadata: not a ticket file")
+    data_len = size - 8 - n
+    end_max = 0
+    for name, info in table.items():
+        ok = (isinstance(info, dict) and info.get("dtype") in _DTYPES and isinstance(info.get("shape"), list)
+              and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(isinstance(o, int) for o in info["data_offsets"]))
+        if not ok:
+            raise TicketError(f"{path}: malformed entry for tensor {name!r} in the safetensors header")
+        b, e = info["data_offsets"]
+        itemsize = torch.empty(0, dtype=_DTYPES[info["dtype"]]).element_size()
+        if not 0 <= b <= e <= data_len or e - b != math.prod(info["shape"]) * itemsize:
+            raise TicketError(f"{path}: tensor {name!r} points outside the file or has the wrong byte size "
+                              "(truncated or corrupted)")
+        end_max = max(end_max, e)
+    if end_max != data_len:
+        raise TicketError(f"{path}: {data_len - end_max} unexpected trailing bytes after the tensors (corrupted)")
+    return table, meta, 8 + n
+
+
+def _parse_meta(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    if meta.get("format") != FORMAT:
+        raise TicketError(f"{path} is a safetensors file but not a sparsekit ticket (format={meta.get('format')!r})")
+    version = meta.get("format_version", "")
+    try:
+        major, _minor = (int(x) for x in version.split("."))
+    except ValueError:
+        raise TicketError(f"{path}: bad format_version {version!r}") from None
+    if major > int(FORMAT_VERSION.split(".")[0]):
+        raise TicketError(f"{path} uses ticket format {version}, newer than this sparsekit "
+                          f"({__version__}, format {FORMAT_VERSION}); upgrade sparsekit to read it")
+    try:
+        t = json.loads(meta["ticket"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise TicketError(f"{path}: ticket metadata missing or not JSON ({e})") from e
+    if not isinstance(t, dict):
+        raise TicketError(f"{path}: ticket metadata must be a JSON object")
+    return t
+
+
+def _field(t: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    v = t.get(key)
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+        raise TicketError(f"{where}: field {key!r} missing or of the wrong type ({type(v).__name__})")
+    return v
+
+
+def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Ticket:
+    """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TicketError(f"ticket file {path} does not exist")
+    table, meta, offset = _read_header(path)
+    t = _parse_meta(path, meta)
+    where = str(path)
+    kind = _field(t, "kind", str, where)
+    if kind not in KINDS:
+        raise TicketError(f"{path}: unknown ticket kind {kind!r}; this sparsekit reads {', '.join(KINDS)}")
+    rng_id = _field(t, "rng", str, where)
+    if kind == "er" and rng_id != RNG_ID:
+        raise TicketError(f"{path}: masks derived with generator {rng_id!r}; this sparsekit implements {RNG_ID}")
+    try:
+        seed = int(_field(t, "seed", str, where))
+    except ValueError:
+        raise TicketError(f"{path}: seed is not an integer") from None
+    if not 0 <= seed < 2**64:
+        raise TicketError(f"{path}: seed out of range")
+    flow = t.get("flow")
+    if flow not in ("repair", "resample", None):
+        raise TicketError(f"{path}: unknown flow mode {flow!r}")
+    exact = _field(t, "exact", bool, where)
+    rows = _field(t, "layers", list, where)
+    raw = _read_tensors(path, table, offset)
+    records, layouts, masks = [], {}, {}
+    for i, row in enumerate(rows):
+        rw = f"{path}: layer {i}"
+        if not isinstance(row, dict):
+            raise TicketError(f"{rw}: not an object")
+        fqn = _field(row, "fqn", str, rw)
+        shape = _field(row, "shape", list, rw)
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or len(shape) < 1:
+            raise TicketError(f"{rw} ({fqn}): bad shape {shape!r}")
+        numel = math.prod(shape)
+        p = _field(row, "density", (float, int), rw)
+        if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+            raise TicketError(f"{rw} ({fqn}): density {p!r} outside [0, 1]")
+        nnz = _field(row, "nonzeros", int, rw)
+        if not 0 <= nnz <= numel:
+            raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
+        lay = row.get("layout")
+        layout = None
+        if lay is not None:
+            if not (isinstance(lay, list) and len(lay) == 3 and all(isinstance(x, int) for x in lay)):
+                raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
+            layout = LayerLayout(*lay)
+            layouts[fqn] = layout
+        rec = LayerRecord(fqn, str(row.get("type", "")), tuple(shape), float(p), nnz,
+                          int(row.get("edges_added", 0)), int(row.get("rows_repaired", 0)),
+                          int(row.get("cols_repaired", 0)), int(row.get("fallbacks", 0)),
+                          tuple(row.get("aliases", ())))
+        records.append(rec)
+        if p >= 1:
+            continue
+        if kind == "er":
+            if layout is None:
+                raise TicketError(f"{rw} ({fqn}): an er ticket needs the layer layout to rebuild its mask")
+            cm = _rebuild_er(fqn, tuple(shape), layout, float(p), seed, flow, exact, device, rw)
+        else:
+            cm = _decode_layer(row, raw, fqn, tuple(shape), rw)
+        if cm.nnz != nnz:
+            raise TicketError(f"{rw} ({fqn}): decoded mask has {cm.nnz} nonzeros, the ticket says {nnz} "
+                              "(corrupted file or a different generator)")
+        masks[fqn] = cm
+    ticket = Ticket(str(t.get("method", "")), float(t.get("density", 0.0)), seed, flow, exact, records, masks,
+                    dict(t.get("method_options", {})), kind=kind, rng=rng_id,
+                    sparsekit_version=meta.get("sparsekit_version", ""))
+    ticket.layouts = layouts
+    init = t.get("init")
+    ticket.init = init if isinstance(init, dict) else None
+    fp = t.get("fingerprint")
+    ticket.file_fingerprint = fp if isinstance(fp, dict) else None
+    if "weights" in t:
+        ticket.weights = _collect_loaded_weights(path, raw, masks, records)
+    return ticket
+
+
+def _read_tensors(path: Path, table: dict[str, Any], offset: int) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if not table:
+        return out
+    with open(path, "rb") as f:
+        for name, info in table.items():
+            b, e = info["data_offsets"]
+            f.seek(offset + b)
+            buf = bytearray(f.read(e - b))
+            dtype = _DTYPES[info["dtype"]]
+            t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(info["shape"])
+    return out
+
+
+def _rebuild_er(fqn: str, shape: tuple[int, ...], layout: LayerLayout, p: float, seed: int, flow: str | None,
+                exact: bool, device: torch.device | str, where: str) -> CompactMask:
+    try:
+        layer = Layer(fqn, fqn.rpartition(".")[0], "", shape, layout, torch.empty(0))
+        layer.grid()
+        mask = draw_mask(fqn, shape, p, seed, exact=exact, device=device)
+        repair_flow(layer, mask, p, seed, flow)
+    except (ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise TicketError(f"{where} ({fqn}): cannot rebuild the mask: {e}") from e
+    return CompactMask.from_bool(mask, consume=True, density_hint=p)
+
+
+def _decode_layer(row: dict[str, Any], raw: dict[str, torch.Tensor], fqn: str, shape: tuple[int, ...],
+                  where: str) -> CompactMask:
+    from .codecs import decode_indices
+
+    payload = raw.get(f"mask/{fqn}")
+    if payload is None or payload.dtype != torch.uint8:
+        raise TicketError(f"{where} ({fqn}): mask bits missing from the file")
+    encoding = row.get("encoding")
+    params = row.get("encoding_params", {})
+    if not isinstance(encoding, str) or not isinstance(params, dict):
+        raise TicketError(f"{where} ({fqn}): encoding missing")
+    numel = math.prod(shape)
+    kept = decode_indices(encoding, payload.numpy().tobytes(), numel, params)
+    kept_t = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
+    if 8 * kept_t.numel() < numel:
+        return CompactMask(shape, kept_t.numel(), kept_t, None)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[kept_t] = True
+    return CompactMask(shape, kept_t.numel(), None, (~mask).view(shape))
+
+
+def _collect_loaded_weights(path: Path, raw: dict[str, torch.Tensor], masks: dict[str, CompactMask],
+                            records: list[LayerRecord]) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = {}
+    for r in records:
+        if r.fqn not in masks:
+            continue
+        vals = raw.get(f"kept/{r.fqn}")
+        if vals is None or vals.dim() != 1 or vals.numel() != masks[r.fqn].nnz:
+            raise TicketError(f"{path}: kept weights of {r.fqn} missing or of the wrong length")
+        weights[f"kept/{r.fqn}"] = vals
+    for name, t in raw.items():
+        if name.startswith("state/"):
+            weights[name] = t
+    return weights
+
+
+# --------------------------------------------------------------------------------------------------
+# applying
+
+
+def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict: bool = True) -> Ticket:
+    """Attach a ticket's masks (and its weights, if it has them) to ``model``; all or nothing.
+
+    Everything is checked first (layers present with the same shapes and, with ``strict``, the same
+    module types and the same parameter set as the model the ticket was saved from); on any
+    mismatch a :class:`TicketError` names the layers and the model is not changed.
+    """
+    from ..attach import attach, is_pruned
+
+    if not isinstance(ticket, Ticket):
+        ticket = load_ticket(ticket)
+    layers = {L.fqn: L for L in find_layers(model, lambda m, n: True)}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [r.fqn for r in ticket.layers if r.fqn not in params]
+    wrong = [f"{r.fqn} (ticket {tuple(r.shape)}, model {tuple(params[r.fqn].shape)})"
+             for r in ticket.layers if r.fqn in params and tuple(params[r.fqn].shape) != tuple(r.shape)]
+    types = []
+    if strict:
+        types = [f"{r.fqn} (ticket {r.module_type}, model {layers[r.fqn].module_type})" for r in ticket.layers
+                 if r.fqn in layers and r.module_type and layers[r.fqn].module_type != r.module_type]
+    problems = []
+    if missing:
+        problems.append(f"missing in the model: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if wrong:
+        problems.append(f"shape differs: {'; '.join(wrong[:8])}")
+    if types:
+        problems.append(f"module type differs: {'; '.join(types[:8])}")
+    fp = ticket.file_fingerprint
+    if strict and not problems and fp and fp.get("params_sha256") not in (None, _params_digest(model)):
+        known = {r.fqn for r in ticket.layers} | {a for r in ticket.layers for a in r.aliases}
+        extra = [L.fqn for L in find_layers(model) if L.fqn not in known]
+        detail = f"extra in the model: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "") if extra else \
+            "the unmasked parameters (names or shapes) differ"
+        problems.append(f"{detail}; the model differs from the one the ticket was saved from "
+                        "(pass strict=False to apply to the masked layers anyway)")
+    if problems:
+        raise TicketError("ticket does not fit this model: " + "; ".join(problems))
+    if is_pruned(model):
+        raise TicketError("the model already carries sparsekit masks; call sparsekit.finalize(model) first")
+    weights = getattr(ticket, "weights", None)
+    if weights:
+        _check_weights(model, ticket, weights)
+        _load_weights(model, ticket, weights)
+    attach(model, ticket.compact_masks)
+    ticket.model_ref = weakref.ref(model)
+    return ticket
+
+
+def _check_weights(model: nn.Module, ticket: Ticket, weights: dict[str, torch.Tensor]) -> None:
+    sd = model.state_dict()
+    for name, t in weights.items():
+        if name.startswith("state/"):
+            key = name[len("state/"):]
+            if key not in sd:
+                raise TicketError(f"ticket weight {key!r} has no place in the model (strict architecture mismatch)")
+            if tuple(sd[key].shape) != tuple(t.shape):
+                raise TicketError(f"ticket weight {key!r} has shape {tuple(t.shape)}, model {tuple(sd[key].shape)}")
+
+
+@torch.no_grad()
+def _load_weights(model: nn.Module, ticket: Ticket, weights: dict[str, torch.Tensor]) -> None:
+    sd = model.state_dict(keep_vars=True)
+    for name, t in weights.items():
+        if name.startswith("state/"):
+            target = sd[name[len("state/"):]]
+            target.copy_(t.to(target.dtype))
+    for fqn, cm in ticket.compact_masks.items():
+        vals = weights.get(f"kept/{fqn}")
+        if vals is None:
+            continue
+        p = model.get_parameter(fqn)
+        flat = torch.zeros(p.numel(), dtype=p.dtype)
+        kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
+        flat[kept.cpu()] = vals.to(p.dtype)
+        p.copy_(flat.view(p.shape))
