@@ -193,3 +193,24 @@ def test_nonzero_count_mismatch_detected(tmp_path):
     _rewrite_meta(path, lambda m: m.update(ticket=m["ticket"].replace('"seed":"0"', '"seed":"1"')))
     with pytest.raises(TicketError, match="nonzeros"):
         sparsekit.load_ticket(path)
+
+
+def test_metadata_matches_the_json_schema(tmp_path):
+    import jsonschema
+    from conftest import ROOT
+    from safetensors import safe_open
+
+    schema = json.loads((ROOT / "formats/ticket.schema.json").read_text())
+    model = small_cnn()
+    t = sparsekit.prune(model, "er-balanced", 0.05, flow="resample")
+    paths = [sparsekit.save_ticket(t, tmp_path / "a.safetensors"),
+             sparsekit.save_ticket(t, tmp_path / "b.safetensors", weights="kept", weights_dtype=torch.float16)]
+    t.kind = "rewired"
+    paths.append(sparsekit.save_ticket(t, tmp_path / "c.safetensors"))
+    for path in paths:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["ticket"])
+        jsonschema.validate(meta, schema)
+    meta["seed"] = "-1"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(meta, schema)

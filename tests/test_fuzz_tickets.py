@@ -1,0 +1,106 @@
+"""Fuzzing the ticket loader: mutated, truncated and edited files only ever raise TicketError.
+
+Runs at least 2000 cases (hypothesis), each loading a damaged file and, when it loads, applying it;
+after every failed apply the model must be exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparsekit
+from sparsekit import TicketError
+from sparsekit.masks import CompactMask
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Conv1d(10, 6, 3, groups=2), nn.Linear(4, 3))
+
+
+def _valid_files(tmp) -> dict[str, bytes]:
+    out = {}
+    m = _model()
+    t = sparsekit.prune(m, "er-pyramidal", 0.3, seed=5)
+    out["er"] = sparsekit.save_ticket(t, tmp / "er.safetensors").read_bytes()
+    out["weights"] = sparsekit.save_ticket(t, tmp / "w.safetensors", weights="kept").read_bytes()
+    gen = torch.Generator().manual_seed(1)
+    t.kind = "rewired"
+    t.compact_masks = {k: CompactMask.from_bool(torch.rand(v.shape, generator=gen) < 0.2) for k, v in t.masks.items()}
+    for r in t.layers:
+        if r.fqn in t.compact_masks:
+            r.nonzeros = t.compact_masks[r.fqn].nnz
+    out["rewired"] = sparsekit.save_ticket(t, tmp / "r.safetensors").read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory):
+    return _valid_files(tmp_path_factory.mktemp("valid"))
+
+
+def _header_edit(data: bytes, key: str, value) -> bytes:
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["ticket"])
+    if meta["layers"]:
+        meta["layers"][0][key] = value if key != "seed" else value
+    if key == "seed":
+        meta["seed"] = value
+    header["__metadata__"]["ticket"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+mutation = st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, 10**6), st.just(0)),
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=16), st.just(0)),
+    st.tuples(st.just("length"), st.integers(0, 2**64 - 1), st.just(0)),
+    st.tuples(st.just("field"), st.sampled_from(["shape", "density", "nonzeros", "layout", "fqn", "encoding",
+                                                 "encoding_params", "seed"]),
+              st.one_of(st.integers(-5, 10**12), st.floats(allow_nan=True), st.text(max_size=5), st.none(),
+                        st.lists(st.integers(-3, 50), max_size=4), st.dictionaries(st.text(max_size=3),
+                                                                                     st.integers(-2, 99)))),
+)
+
+
+def _mutate(data: bytes, m) -> bytes:
+    kind, a, b = m
+    if kind == "flip":
+        i = a % len(data)
+        return data[:i] + bytes([data[i] ^ b]) + data[i + 1:]
+    if kind == "truncate":
+        return data[: a % len(data)]
+    if kind == "append":
+        return data + a
+    if kind == "length":
+        return struct.pack("<Q", a) + data[8:]
+    return _header_edit(data, a, b)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(which=st.sampled_from(["er", "weights", "rewired"]), m=mutation)
+def test_damaged_files_only_raise_ticket_error(valid, tmp_path, which, m):
+    path = tmp_path / "fuzz.safetensors"
+    path.write_bytes(_mutate(valid[which], m))
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        ticket = sparsekit.load_ticket(path)
+    except TicketError:
+        return
+    try:
+        sparsekit.apply_ticket(model, ticket)
+    except TicketError:
+        assert not sparsekit.is_pruned(model)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
