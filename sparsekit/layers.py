@@ -261,6 +261,11 @@ def _reader_for(m: nn.Module) -> _Reader | None:
     return None
 
 
+def type_name(m: nn.Module) -> str:
+    """The class name of a module as reports show it (TorchScript: the original class)."""
+    return _type_name(m)
+
+
 def _type_name(m: nn.Module) -> str:
     if TYPE_ATTR in m.__dict__:
         return m.__dict__[TYPE_ATTR]

@@ -214,3 +214,13 @@ def test_metadata_matches_the_json_schema(tmp_path):
     meta["seed"] = "-1"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(meta, schema)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_er_ticket_saved_on_cpu_rebuilds_on_cuda(tmp_path):
+    model = small_cnn()
+    t = sparsekit.prune(model, "er-erk", 0.05, flow="resample", seed=77)
+    path = sparsekit.save_ticket(t, tmp_path / "t.safetensors")
+    on_gpu = sparsekit.load_ticket(path, device="cuda")
+    for k in t.masks:
+        assert torch.equal(on_gpu.masks[k].cpu(), t.masks[k])

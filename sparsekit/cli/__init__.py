@@ -32,6 +32,9 @@ _PIPE_WIDTH = 1000
 _COMMANDS: dict[str, tuple[str, str]] = {
     "prune": ("sparsekit.cli.prune", "prune"),
     "methods": ("sparsekit.cli.methods", "methods"),
+    "info": ("sparsekit.cli.ticket", "info"),
+    "apply": ("sparsekit.cli.ticket", "apply"),
+    "verify": ("sparsekit.cli.ticket", "verify"),
 }
 
 

@@ -50,7 +50,7 @@ SPEC_FORMS = ("torchvision:NAME[:KEY=VALUE,...], package.module:factory[:KEY=VAL
               "(TorchScript, torch.export .pt2, a state_dict with --arch, a pickled module with --trust-pickle)")
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kwargs>.*))?$", re.S)
-_MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
+_MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".safetensors", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
 _NO_DOWNLOAD = ("weights", "weights_backbone")
 _MAX_LISTED = 5
 
@@ -230,6 +230,9 @@ def _zip_names(path: Path) -> list[str]:
 def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module:
     if path.is_dir():
         raise IsADirectoryError(f"model {path} is a folder; give a model file or {SPEC_FORMS}")
+    if path.suffix.lower() == ".safetensors":
+        obj = _load_safetensors_state_dict(path)
+        return _state_dict_into_arch(path, obj, arch)
     names = _zip_names(path)
     if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
         _no_arch(str(path), arch, "it is a TorchScript archive")
@@ -264,6 +267,26 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module
     if isinstance(obj, nn.Module):
         _no_arch(str(path), arch, "it holds a whole module")
         return obj
+    return _state_dict_into_arch(path, obj, arch)
+
+
+def _load_safetensors_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state_dict (no code execution); sparsekit tickets are refused here."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") == "sparsekit-ticket":
+            raise SparsekitError(f"{path} is a sparsekit ticket, not a model; give it as TICKET, and the model "
+                                 "separately")
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise SparsekitError(f"cannot read {path} as a safetensors state_dict: {_first_line(e)}") from e
+
+
+def _state_dict_into_arch(path: Path, obj: object, arch: str | None) -> nn.Module:
     state_dict = _find_state_dict(obj)
     if state_dict is None:
         raise SparsekitError(f"{path} holds a {type(obj).__name__} that is neither a module nor a state_dict "

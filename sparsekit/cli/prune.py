@@ -2,10 +2,13 @@
 
 Example::
 
+    sparsekit prune torchvision:resnet18 --method pyramidal --density 0.01 --out ticket.safetensors
     sparsekit prune torchvision:resnet18 --method pyramidal --density 0.01 --out report.json
 
 The command loads the model (:func:`sparsekit.cli._models.load_model`), calls
 :func:`sparsekit.prune` and shows :meth:`sparsekit.Ticket.report` as a table, or as JSON with ``--json``.
+``--out FILE.safetensors`` saves the ticket (:func:`sparsekit.save_ticket`, optionally with the kept
+weights); any other ``--out`` gets the report as JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from rich.table import Table
 from rich.text import Text
 from torch import nn
@@ -30,12 +34,13 @@ from sparsekit.layers import FilterFn, default_filter
 
 from . import UserError, stdout_console
 from ._models import load_model, model_options, parse_kwargs
+from ._options import MAX_ROWS, SHOWN_AT_ENDS, add_rows, all_option, check_out, force_option, json_option, size_text
 
-__all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report"]
+__all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report", "MAX_ROWS", "SHOWN_AT_ENDS"]
 
-MAX_ROWS = 60
-"""Reports with more layers show the first and last :data:`SHOWN_AT_ENDS` rows unless ``--all``."""
-SHOWN_AT_ENDS = 25
+TICKET_SUFFIX = ".safetensors"
+"""``--out`` files with this suffix get the ticket, any other the report as JSON."""
+WEIGHTS_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _method_names() -> str:
@@ -151,17 +156,7 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
     table.add_column("shape", no_wrap=True)
     for name in ("params", "target", "realised", "nonzeros", "edges added", "rows repaired", "cols repaired"):
         table.add_column(name, justify="right", no_wrap=True)
-    rows = report.rows
-    if len(rows) > MAX_ROWS and not show_all:
-        hidden = len(rows) - 2 * SHOWN_AT_ENDS
-        for r in rows[:SHOWN_AT_ENDS]:
-            table.add_row(*_row(r))
-        table.add_row(Text(f"… {hidden} more layers (--all shows every layer)", style="dim"))
-        shown = rows[-SHOWN_AT_ENDS:]
-    else:
-        shown = rows
-    for i, r in enumerate(shown):
-        table.add_row(*_row(r), end_section=i == len(shown) - 1)
+    add_rows(table, [_row(r) for r in report.rows], show_all=show_all)
     t = report.totals
     table.add_row(Text("total", style="bold"), Text(""), Text(f"{t['params']:,}"),
                   Text(_fmt_density(t["target_density"])), Text(_fmt_density(t["realised_density"]), style="bold"),
@@ -205,13 +200,20 @@ def _title(spec: str, report: sparsekit.Report) -> str:
                    "density (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Also write the report as JSON to FILE.")
-@click.option("--overwrite", is_flag=True, help="Replace FILE given to --out if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@click.option("--all", "show_all", is_flag=True, help=f"Show every layer (otherwise at most {MAX_ROWS}).")
+              help="Save the ticket to FILE if it ends in .safetensors (see 'sparsekit info'); write the "
+                   "report as JSON to any other FILE.")
+@force_option("Replace FILE given to --out if it exists.")
+@click.option("--weights", type=click.Choice(["kept"]), default=None,
+              help="With --out FILE.safetensors: also store the kept weight values and the unmasked "
+                   "state_dict entries (a complete model at about density times the dense size).")
+@click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
+              help="Store the floating-point weights of --weights kept in half precision.")
+@json_option("Print the report as JSON instead of a table.")
+@all_option()
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
-          out: Path | None, overwrite: bool, as_json: bool, show_all: bool) -> None:
+          out: Path | None, force: bool, weights: str | None, weights_dtype: str | None, as_json: bool,
+          show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
@@ -219,11 +221,13 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     state_dict (with --arch) or a pickled module (only with --trust-pickle).
     """
     config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
+    to_ticket = out is not None and out.suffix.lower() == TICKET_SUFFIX
+    if weights is not None and not to_ticket:
+        raise UserError(f"--weights {weights} needs --out FILE{TICKET_SUFFIX} (a ticket file)")
+    if weights_dtype is not None and weights is None:
+        raise UserError("--weights-dtype needs --weights kept")
     if out is not None:  # fail before the (possibly slow) model loading
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-        if not out.resolve().parent.is_dir():
-            raise FileNotFoundError(f"folder {out.parent} of --out {out} does not exist; create it first")
+        check_out(out, force)
     started = time.perf_counter()
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     loaded_s = time.perf_counter() - started
@@ -234,12 +238,19 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     ticket = sparsekit.prune(net, config, density, seed=seed, flow=flow.lower(), filter_fn=filter_fn,
                              dense=dense, exact=exact)
     report = ticket.report()
+    note = ""
     if out is not None:
-        atomic_write_text(out, report.to_json() + "\n", overwrite=overwrite)
+        if to_ticket:
+            sparsekit.save_ticket(ticket, out, weights=weights, overwrite=force,
+                                  weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
+        else:
+            atomic_write_text(out, report.to_json() + "\n", overwrite=force)
+        note = f"; {'ticket' if to_ticket else 'report'} written to {out}, {size_text(out.stat().st_size)}"
     if as_json:
         click.echo(report.to_json())
+        if note:
+            click.echo(note[2:], err=True)
         return
     print_report(report, title=_title(model, report), show_all=show_all)
-    note = f"; report written to {out}" if out is not None else ""
     stdout_console().print(f"pruned in {ticket.elapsed_s:.2f} s (model loaded in {loaded_s:.2f} s){note}",
                            markup=False)

@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from .._io import atomic_write_bytes
 from ..flow import repair_flow
-from ..layers import Layer, LayerLayout, find_layers
+from ..layers import Layer, LayerLayout, find_layers, type_name
 from ..masks import CompactMask
 from ..rng import RNG_ID
 from ..sampling import draw_mask
@@ -429,15 +429,15 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
 
     if not isinstance(ticket, Ticket):
         ticket = load_ticket(ticket)
-    layers = {L.fqn: L for L in find_layers(model, lambda m, n: True)}
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [r.fqn for r in ticket.layers if r.fqn not in params]
     wrong = [f"{r.fqn} (ticket {tuple(r.shape)}, model {tuple(params[r.fqn].shape)})"
              for r in ticket.layers if r.fqn in params and tuple(params[r.fqn].shape) != tuple(r.shape)]
     types = []
     if strict:
-        types = [f"{r.fqn} (ticket {r.module_type}, model {layers[r.fqn].module_type})" for r in ticket.layers
-                 if r.fqn in layers and r.module_type and layers[r.fqn].module_type != r.module_type]
+        owners = _owner_types(model)
+        types = [f"{r.fqn} (ticket {r.module_type}, model {'/'.join(sorted(owners[r.fqn]))})" for r in ticket.layers
+                 if r.fqn in owners and r.module_type and r.module_type not in owners[r.fqn]]
     problems = []
     if missing:
         problems.append(f"missing in the model: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
@@ -464,6 +464,17 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     attach(model, ticket.compact_masks)
     ticket.model_ref = weakref.ref(model)
     return ticket
+
+
+def _owner_types(model: nn.Module) -> dict[str, set[str]]:
+    """For every parameter name, the type names of all modules owning that Parameter (tied weights)."""
+    by_id: dict[int, set[str]] = {}
+    names: dict[str, int] = {}
+    for mname, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m.named_parameters(recurse=False):
+            by_id.setdefault(id(p), set()).add(type_name(m))
+            names[f"{mname}.{pname}" if mname else pname] = id(p)
+    return {n: by_id[i] for n, i in names.items()}
 
 
 def _check_weights(model: nn.Module, ticket: Ticket, weights: dict[str, torch.Tensor]) -> None:

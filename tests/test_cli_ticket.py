@@ -1,0 +1,341 @@
+"""Ticket files on the command line: ``prune -o *.safetensors``, ``info``, ``apply``, ``verify``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from models import TiedLM, mlp
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+import sparsekit
+from sparsekit.cli import cli
+from sparsekit.masks import CompactMask
+
+SIZES = (16, 32, 16, 4)
+MLP = "models:mlp:sizes=(16, 32, 16, 4)"  # tests/models.py, importable through conftest.py
+OTHER_MLP = "models:mlp:sizes=(16, 24, 16, 4)"  # same layer names, first two shapes differ
+MLP_LAYERS = ["0.weight", "2.weight", "4.weight"]
+TIED = "models:TiedLM"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPARSEKIT_DEBUG", raising=False)
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def ok(*args: str | Path) -> Result:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def error_line(result: Result) -> str:
+    """The single ``Error: ...`` line of a run that failed with status 1."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """Rows of a rich table by their first cell."""
+    rows = {}
+    for line in output.splitlines():
+        if "│" in line:
+            cells = [c.strip() for c in line.split("│")]
+            rows[cells[0]] = cells
+    return rows
+
+
+def tensor_bytes(path: Path) -> dict[str, int]:
+    """Payload size of every tensor, read with the safetensors library."""
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return {k: t.numel() * t.element_size() for k, t in tensors.items()}
+
+
+def entropy_bits(numel: int, nnz: int) -> float:
+    if nnz in (0, numel):
+        return 0.0
+    p = nnz / numel
+    return numel * -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+@pytest.fixture
+def ticket(tmp_path: Path) -> Path:
+    """An er ticket of the MLP, masks only."""
+    path = tmp_path / "t.safetensors"
+    ok("prune", MLP, "-m", "erk", "-d", "0.2", "--seed", "7", "-o", path)
+    return path
+
+
+# --- prune -o FILE.safetensors ---------------------------------------------------------------------------
+
+
+def test_prune_writes_a_ticket_with_the_library_masks(tmp_path):
+    path = tmp_path / "t.safetensors"
+    result = ok("prune", MLP, "-m", "erk", "-d", "0.1", "--seed", "7", "--flow", "resample", "-o", path)
+    assert f"ticket written to {path}, {path.stat().st_size:,} bytes" in result.stdout
+    back = sparsekit.load_ticket(path)
+    expected = sparsekit.prune(mlp(SIZES), "er-erk", 0.1, seed=7, flow="resample")
+    assert (back.kind, back.method, back.seed, back.flow) == ("er", "er-erk", 7, "resample")
+    assert list(back.masks) == list(expected.masks) == MLP_LAYERS
+    for fqn in MLP_LAYERS:
+        assert torch.equal(back.masks[fqn], expected.masks[fqn]), fqn
+    assert back.weights is None
+
+
+def test_prune_ticket_with_kept_weights_in_half_precision(tmp_path):
+    path = tmp_path / "w.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path, "--weights", "kept", "--weights-dtype", "bf16")
+    back = sparsekit.load_ticket(path)
+    assert back.weights is not None
+    assert {k for k in back.weights if k.startswith("kept/")} == {f"kept/{f}" for f in back.compact_masks}
+    assert len(back.compact_masks) >= 2
+    assert all(v.dtype == torch.bfloat16 for v in back.weights.values())
+
+
+def test_prune_ticket_force_and_overwrite_replace_only_when_asked(tmp_path):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(b"precious")
+    refused = run("prune", MLP, "-d", "0.2", "-o", path)
+    assert "--force" in error_line(refused)
+    assert path.read_bytes() == b"precious"
+    ok("prune", MLP, "-d", "0.2", "-o", path, "--force")
+    assert sparsekit.load_ticket(path).density == 0.2
+    ok("prune", MLP, "-d", "0.3", "-o", path, "--overwrite")
+    assert sparsekit.load_ticket(path).density == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]  # no temporary files left
+
+
+def test_prune_weights_options_need_a_ticket_out(tmp_path):
+    report = tmp_path / "r.json"
+    assert "--out FILE.safetensors" in error_line(run("prune", MLP, "-d", "0.2", "-o", report, "--weights", "kept"))
+    assert not report.exists()
+    assert "--weights kept" in error_line(run("prune", MLP, "-d", "0.2", "--weights-dtype", "fp16"))
+    ok("prune", MLP, "-d", "0.2", "-o", report, "--force")
+    assert json.loads(report.read_text())["totals"]["target_density"] == 0.2  # other suffixes: the report
+
+
+# --- info ------------------------------------------------------------------------------------------------
+
+
+def test_info_shows_provenance_layers_and_bits_per_kept_weight(ticket):
+    result = ok("info", ticket)
+    out = result.stdout
+    t = sparsekit.load_ticket(ticket)
+    assert "kind er" in out and "method er-erk" in out and "seed 7" in out and "flow repair" in out
+    assert "rng sk-ctr64-v1" in out
+    rows = table_rows(out)
+    for r in t.layers:
+        cells = rows[r.fqn]
+        assert cells[1] == "×".join(map(str, r.shape))
+        assert cells[3] == f"{r.realised_density:.4g}"
+        assert cells[4] == f"{r.nonzeros:,}"
+        assert cells[5:7] == ["seed", "0"]
+    nnz = sum(r.nonzeros for r in t.layers)
+    assert rows["total"][4] == f"{nnz:,}"
+    bits = ticket.stat().st_size * 8 / nnz
+    bound = sum(entropy_bits(r.numel, r.nonzeros) for r in t.layers) / nnz
+    assert f"{bits:.4g} bits per kept weight (entropy bound of the masks: {bound:.4g} bits per kept weight)" in out
+    assert "rebuilt from seed 7" in out
+
+
+def test_info_json_parses_and_counts_the_file(tmp_path):
+    path = tmp_path / "w.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path, "--weights", "kept")
+    got = json.loads(ok("info", path, "--json").stdout)
+    t = sparsekit.load_ticket(path)
+    sizes = tensor_bytes(path)
+    assert (got["kind"], got["method"], got["seed"], got["exact"]) == ("er", "er-balanced", 0, False)
+    assert got["masks_rebuilt_from_seed"] is True
+    assert [r["fqn"] for r in got["layers"]] == MLP_LAYERS
+    assert [r["nonzeros"] for r in got["layers"]] == [r.nonzeros for r in t.layers]
+    dense = [r.fqn for r in t.layers if r.target_density >= 1]
+    assert dense == ["4.weight"]  # er-balanced keeps the small last layer dense at this density
+    assert [r["encoding"] for r in got["layers"]] == ["seed", "seed", "dense"]
+    assert [r["bytes"] for r in got["layers"]] == [sizes["kept/0.weight"], sizes["kept/2.weight"],
+                                                   sizes["state/4.weight"]]  # er: no mask bytes
+    totals = got["totals"]
+    assert totals["file_bytes"] == path.stat().st_size
+    assert totals["state_bytes"] == sum(v for k, v in sizes.items() if k.endswith(".bias"))
+    assert totals["header_bytes"] + sum(sizes.values()) == path.stat().st_size
+    assert totals["bits_per_kept_weight"] == pytest.approx(path.stat().st_size * 8 / totals["nonzeros"])
+    assert got["realised_density"] == pytest.approx(t.realised_density)
+
+
+def test_info_of_a_stored_mask_ticket_names_the_encoding(tmp_path):
+    model = nn.Sequential(nn.Linear(300, 200), nn.Linear(200, 10))
+    t = sparsekit.prune(model, "er-uniform", 0.3)
+    gen = torch.Generator().manual_seed(5)
+    t.kind = "rewired"
+    t.compact_masks = {k: CompactMask.from_bool(torch.rand(v.shape, generator=gen) < d)
+                       for (k, v), d in zip(t.masks.items(), (0.004, 0.6), strict=True)}
+    for r in t.layers:
+        r.nonzeros = t.compact_masks[r.fqn].nnz
+    path = sparsekit.save_ticket(t, tmp_path / "r.safetensors")
+    got = json.loads(ok("info", path, "--json").stdout)
+    sizes = tensor_bytes(path)
+    with safe_open(str(path), framework="pt") as f:
+        rows = json.loads(f.metadata()["ticket"])["layers"]
+    assert got["masks_rebuilt_from_seed"] is False
+    assert [r["encoding"] for r in got["layers"]] == [r["encoding"] for r in rows]
+    assert all(r["encoding"] != "seed" for r in got["layers"])
+    assert [r["bytes"] for r in got["layers"]] == [sizes[f"mask/{r['fqn']}"] for r in rows]
+    assert all(r["bytes"] > 0 for r in got["layers"])
+    assert "stored in the file" in ok("info", path).stdout
+
+
+# --- apply -----------------------------------------------------------------------------------------------
+
+
+def test_apply_writes_the_masked_state_dict(tmp_path, ticket):
+    out = tmp_path / "sparse.safetensors"
+    result = ok("apply", ticket, MLP, "-o", out)
+    assert f"wrote {out}" in result.stdout
+    saved = load_file(str(out))
+    assert sorted(saved) == sorted(mlp(SIZES).state_dict())
+    masks = sparsekit.load_ticket(ticket).masks
+    for fqn in MLP_LAYERS:
+        assert torch.equal(saved[fqn] != 0, masks[fqn]), fqn  # zeros exactly where the ticket prunes
+    assert all(saved[k].count_nonzero() == saved[k].numel() for k in saved if k.endswith(".bias"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.safetensors", "t.safetensors"]
+
+
+def test_apply_tied_model_writes_both_names(tmp_path):
+    path, out = tmp_path / "tied.safetensors", tmp_path / "out.safetensors"
+    ok("prune", TIED, "-d", "0.2", "-o", path, "--weights", "kept")
+    ok("apply", path, TIED, "-o", out, "--no-strict")
+    saved = load_file(str(out))
+    assert sorted(saved) == sorted(TiedLM().state_dict())  # emb.weight and head.weight, both present
+    t = sparsekit.load_ticket(path)
+    assert torch.equal(saved["emb.weight"], saved["head.weight"])
+    assert torch.equal(saved["emb.weight"] != 0, t.masks["emb.weight"])
+    assert torch.equal(saved["hidden.weight"] != 0, t.masks["hidden.weight"])
+    kept = t.masks["emb.weight"].reshape(-1).nonzero().squeeze(1)
+    assert torch.equal(saved["emb.weight"].reshape(-1)[kept], t.weights["kept/emb.weight"])
+
+
+def test_apply_strict_to_a_tied_model(tmp_path):
+    path, out = tmp_path / "tied.safetensors", tmp_path / "out.safetensors"
+    ok("prune", TIED, "-d", "0.2", "-o", path)
+    ok("apply", path, TIED, "-o", out)
+
+
+def test_apply_to_a_wrong_architecture_names_the_layer_and_writes_nothing(tmp_path, ticket):
+    out = tmp_path / "sparse.safetensors"
+    line = error_line(run("apply", ticket, OTHER_MLP, "-o", out))
+    assert "0.weight" in line and "shape" in line
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+def test_apply_never_overwrites_without_force(tmp_path, ticket):
+    out = tmp_path / "sparse.safetensors"
+    out.write_bytes(b"precious")
+    line = error_line(run("apply", ticket, MLP, "-o", out))
+    assert "--force" in line
+    assert out.read_bytes() == b"precious"
+    ok("apply", ticket, MLP, "-o", out, "--force")
+    assert sorted(load_file(str(out))) == sorted(mlp(SIZES).state_dict())
+
+
+# --- verify ----------------------------------------------------------------------------------------------
+
+
+def test_verify_accepts_a_good_pair(tmp_path, ticket):
+    result = ok("verify", ticket, MLP)
+    assert result.stdout.startswith("ok: ")
+    weighted = tmp_path / "w.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", weighted, "--weights", "kept")
+    assert "stored weight values match" in ok("verify", weighted, MLP).stdout
+
+
+def test_verify_rejects_a_ticket_whose_header_was_edited(ticket):
+    data = ticket.read_bytes()
+    seed = b'\\"seed\\":\\"7\\"'  # the ticket JSON sits inside the header JSON as a string
+    assert data.count(seed) == 1
+    ticket.write_bytes(data.replace(seed, b'\\"seed\\":\\"8\\"'))  # same length: the framing stays valid
+    assert "nonzeros" in error_line(run("verify", ticket, MLP))
+
+
+def test_verify_rejects_a_wrong_model(ticket):
+    assert "0.weight" in error_line(run("verify", ticket, OTHER_MLP))
+    assert "missing in the model" in error_line(run("verify", ticket, TIED))
+
+
+def test_verify_checks_zeros_counts_and_stored_values(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path, "--weights", "kept")
+    real_apply, real_load = sparsekit.apply_ticket, sparsekit.load_ticket
+
+    with monkeypatch.context() as m:  # masks not enforced: pruned weights keep their values
+        m.setattr(sparsekit, "apply_ticket", lambda model, t, strict=True: t)
+        assert "not zero" in error_line(run("verify", path, MLP))
+
+    def changed_value(model, t, strict=True):
+        real_apply(model, t, strict=strict)
+        t.weights["kept/2.weight"][0] += 1
+        return t
+
+    with monkeypatch.context() as m:
+        m.setattr(sparsekit, "apply_ticket", changed_value)
+        line = error_line(run("verify", path, MLP))
+        assert "2.weight" in line and "differ" in line
+
+    def wrong_count(p, **kw):
+        t = real_load(p, **kw)
+        t.layers[1].nonzeros += 1
+        return t
+
+    with monkeypatch.context() as m:
+        m.setattr(sparsekit, "load_ticket", wrong_count)
+        line = error_line(run("verify", path, MLP))
+        assert "2.weight" in line and "nonzeros" in line
+    ok("verify", path, MLP)
+
+
+# --- damaged files ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "apply"])
+def test_truncated_ticket_is_one_line_error(tmp_path, command):
+    path = tmp_path / "t.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path, "--weights", "kept")
+    path.write_bytes(path.read_bytes()[:-10])
+    out = tmp_path / "out.safetensors"
+    args = {"info": [path], "verify": [path, MLP], "apply": [path, MLP, "-o", out]}[command]
+    line = error_line(run(command, *args))
+    assert "truncated" in line and str(path) in line
+    assert not out.exists()
+
+
+def test_missing_and_non_ticket_files_are_one_line_errors(tmp_path):
+    assert "does not exist" in error_line(run("info", tmp_path / "nope.safetensors"))
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"hello world, not a ticket at all")
+    assert "not" in error_line(run("info", junk))
+    assert "not" in error_line(run("verify", junk, MLP))
+
+
+def test_applied_safetensors_output_verifies_with_arch(tmp_path, ticket):
+    out = tmp_path / "masked.safetensors"
+    assert run("apply", ticket, MLP, "-o", out).exit_code == 0
+    result = run("verify", ticket, out, "--arch", MLP)
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+    # a ticket given where a model is expected is refused with a clear message
+    bad = run("verify", ticket, ticket, "--arch", MLP)
+    assert bad.exit_code == 1 and "is a sparsekit ticket, not a model" in bad.output
