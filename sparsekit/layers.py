@@ -322,7 +322,7 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
                 if fqn != prev.fqn and fqn not in prev.aliases:
                     prev.aliases = prev.aliases + (fqn,)
                 continue
-            _check_layout(fqn, tuple(p.shape), layout)
+            check_layout(fqn, tuple(p.shape), layout)
             first = canonical.get(id(p), fqn)
             aliases = (fqn,) if first != fqn else ()
             layers[id(p)] = Layer(first, mname, _type_name(m), tuple(p.shape), layout, p, aliases)
@@ -340,7 +340,8 @@ def prunable_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list
     return layers
 
 
-def _check_layout(fqn: str, shape: tuple[int, ...], lo: LayerLayout) -> None:
+def check_layout(fqn: str, shape: tuple[int, ...], lo: LayerLayout) -> None:
+    """Raise :class:`UnsupportedLayerError` unless ``lo`` fits a weight of ``shape``."""
     nd = len(shape)
     if not (0 <= lo.out_axis < nd and 0 <= lo.in_axis < nd and lo.out_axis != lo.in_axis):
         raise UnsupportedLayerError(f"{fqn}: layout {lo} does not fit a weight of shape {shape}")

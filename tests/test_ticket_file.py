@@ -224,3 +224,14 @@ def test_er_ticket_saved_on_cpu_rebuilds_on_cuda(tmp_path):
     on_gpu = sparsekit.load_ticket(path, device="cuda")
     for k in t.masks:
         assert torch.equal(on_gpu.masks[k].cpu(), t.masks[k])
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    t = sparsekit.prune(small_cnn(), "er-erk", 0.1)
+    path = sparsekit.save_ticket(t, tmp_path / "t.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

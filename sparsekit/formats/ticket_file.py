@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from .._io import atomic_write_bytes
 from ..flow import repair_flow
-from ..layers import Layer, LayerLayout, find_layers, type_name
+from ..layers import Layer, LayerLayout, check_layout, find_layers, type_name
 from ..masks import CompactMask
 from ..rng import RNG_ID
 from ..sampling import draw_mask
@@ -87,15 +87,17 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> byt
 def _record_row(r: LayerRecord, layout: LayerLayout | None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "fqn": r.fqn, "type": r.module_type, "shape": list(r.shape), "density": r.target_density,
-        "nonzeros": r.nonzeros, "edges_added": r.edges_added, "rows_repaired": r.rows_repaired,
-        "cols_repaired": r.cols_repaired,
+        "nonzeros": r.nonzeros,
     }
-    if r.fallbacks:
-        row["fallbacks"] = r.fallbacks
+    # flow-repair counters are written only when nonzero (absent means 0), keeping er tickets small
+    for key, value in (("edges_added", r.edges_added), ("rows_repaired", r.rows_repaired),
+                       ("cols_repaired", r.cols_repaired), ("fallbacks", r.fallbacks)):
+        if value:
+            row[key] = value
     if r.aliases:
         row["aliases"] = list(r.aliases)
-    if layout is not None:
-        row["layout"] = [layout.out_axis, layout.in_axis, layout.groups]
+    if layout is not None and (layout.out_axis, layout.in_axis, layout.groups) != (0, 1, 1):
+        row["layout"] = [layout.out_axis, layout.in_axis, layout.groups]  # absent means [0, 1, 1]
     return row
 
 
@@ -142,10 +144,12 @@ def save_ticket(
         row = _record_row(r, layouts.get(r.fqn))
         cm = ticket.compact_masks.get(r.fqn)
         if ticket.kind != "er" and cm is not None:
-            from .codecs import encode_indices
+            from .codecs import encode_indices, encode_mask
 
-            kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
-            encoding, payload, params = encode_indices(kept.cpu().numpy(), cm.numel)
+            if cm.kept is not None:
+                encoding, payload, params = encode_indices(cm.kept.cpu().numpy(), cm.numel)
+            else:  # same bytes (encodings are canonical), without building the index list
+                encoding, payload, params = encode_mask((~cm.pruned).cpu().numpy())
             row["encoding"] = encoding
             row["encoding_params"] = params
             tensors[f"mask/{r.fqn}"] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else \
@@ -313,7 +317,7 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") 
         nnz = _field(row, "nonzeros", int, rw)
         if not 0 <= nnz <= numel:
             raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
-        lay = row.get("layout")
+        lay = row.get("layout", [0, 1, 1])
         layout = None
         if lay is not None:
             if not (isinstance(lay, list) and len(lay) == 3 and all(isinstance(x, int) for x in lay)):
@@ -368,6 +372,7 @@ def _read_tensors(path: Path, table: dict[str, Any], offset: int) -> dict[str, t
 def _rebuild_er(fqn: str, shape: tuple[int, ...], layout: LayerLayout, p: float, seed: int, flow: str | None,
                 exact: bool, device: torch.device | str, where: str) -> CompactMask:
     try:
+        check_layout(fqn, shape, layout)  # axes inside the shape, groups dividing it
         layer = Layer(fqn, fqn.rpartition(".")[0], "", shape, layout, torch.empty(0))
         layer.grid()
         mask = draw_mask(fqn, shape, p, seed, exact=exact, device=device)
