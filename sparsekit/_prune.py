@@ -25,6 +25,10 @@ from .ticket import LayerRecord, Ticket, model_fingerprint
 __all__ = ["prune", "validate_seed", "validate_flow"]
 
 
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
 def validate_seed(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= M64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
@@ -103,7 +107,8 @@ def prune(
         p = dens[L.fqn]
         meta = meta or L.param.is_meta
         if p >= 1.0:
-            records.append(LayerRecord(L.fqn, L.module_type, L.shape, 1.0, L.numel, aliases=L.aliases))
+            records.append(LayerRecord(L.fqn, L.module_type, L.shape, 1.0, L.numel, aliases=L.aliases,
+                                       dtype=_dtype_name(L.param)))
             continue
         dev = torch.device(device) if device is not None else (
             torch.device("cpu") if L.param.is_meta else L.param.device)
@@ -113,7 +118,7 @@ def prune(
         del mask
         records.append(LayerRecord(
             L.fqn, L.module_type, L.shape, p, compact.nnz, rep.edges_added,
-            rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases))
+            rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases, _dtype_name(L.param)))
     ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
                     rng=RNG_ID, sparsekit_version=__version__, layouts={L.fqn: L.layout for L in layers},
                     file_fingerprint=model_fingerprint(model))

@@ -42,6 +42,7 @@ class LayerRecord:
     cols_repaired: int = 0
     fallbacks: int = 0
     aliases: tuple[str, ...] = ()
+    dtype: str = ""
 
     @property
     def numel(self) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import struct
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from models import small_cnn, transformer
 from torch import nn
 
@@ -235,3 +238,51 @@ def test_written_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@st.composite
+def _layer(draw):
+    kind = draw(st.sampled_from(["linear", "conv", "convT"]))
+    a, b = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    if kind == "linear":
+        return nn.Linear(a, b)
+    g = draw(st.sampled_from([1, 2]))
+    k = draw(st.integers(1, 3))
+    cls = nn.Conv2d if kind == "conv" else nn.ConvTranspose2d
+    return cls(a * g, b * g, k, groups=g)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mods=st.lists(_layer(), min_size=1, max_size=3), density=st.floats(1e-4, 1.0),
+       kind=st.sampled_from(["er", "rewired"]), weights=st.sampled_from([None, "kept"]),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), seed=st.integers(0, 2**64 - 1),
+       learned_p=st.floats(0.0, 1.0))
+def test_roundtrip_property(tmp_path, mods, density, kind, weights, dtype, seed, learned_p):
+    model = nn.ModuleList(mods).to(dtype)
+    t = sparsekit.prune(model, "er-erk", density, seed=seed)
+    if kind == "rewired":
+        from sparsekit.masks import CompactMask
+
+        sparsekit.finalize(model)
+        gen = torch.Generator().manual_seed(seed % 2**32)
+        t.kind = "rewired"
+        t.compact_masks = {k: CompactMask.from_bool(torch.rand(v.shape, generator=gen) < learned_p)
+                           for k, v in t.masks.items()}
+        for r in t.layers:
+            if r.fqn in t.compact_masks:
+                r.nonzeros = t.compact_masks[r.fqn].nnz
+        sparsekit.attach(model, t)
+    path = sparsekit.save_ticket(t, tmp_path / "p.safetensors", weights=weights, overwrite=True)
+    back = sparsekit.load_ticket(path)
+    assert back.kind == kind
+    assert back.masks.keys() == t.masks.keys()
+    assert all(torch.equal(back.masks[k], t.masks[k]) for k in t.masks)
+    if weights:
+        fresh = copy.deepcopy(model)  # same architecture; its masks and values are then discarded
+        sparsekit.finalize(fresh)
+        with torch.no_grad():
+            for p in fresh.parameters():
+                p.fill_(7)
+        sparsekit.apply_ticket(fresh, back)
+        for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name

@@ -84,11 +84,13 @@ def serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> byt
 # writing
 
 
-def _record_row(r: LayerRecord, layout: LayerLayout | None) -> dict[str, Any]:
+def _record_row(r: LayerRecord, layout: LayerLayout | None, common_dtype: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "fqn": r.fqn, "type": r.module_type, "shape": list(r.shape), "density": r.target_density,
         "nonzeros": r.nonzeros,
     }
+    if r.dtype and r.dtype != common_dtype:
+        row["dtype"] = r.dtype  # absent means the ticket's "dtype"
     # flow-repair counters are written only when nonzero (absent means 0), keeping er tickets small
     for key, value in (("edges_added", r.edges_added), ("rows_repaired", r.rows_repaired),
                        ("cols_repaired", r.cols_repaired), ("fallbacks", r.fallbacks)):
@@ -140,8 +142,10 @@ def save_ticket(
 
     tensors: dict[str, torch.Tensor] = {}
     rows = []
+    dtypes = [r.dtype for r in ticket.layers if r.dtype]
+    common_dtype = max(set(dtypes), key=dtypes.count) if dtypes else ""
     for r in ticket.layers:
-        row = _record_row(r, layouts.get(r.fqn))
+        row = _record_row(r, layouts.get(r.fqn), common_dtype)
         cm = ticket.compact_masks.get(r.fqn)
         if ticket.kind != "er" and cm is not None:
             from .codecs import encode_indices, encode_mask
@@ -161,6 +165,8 @@ def save_ticket(
         "density": ticket.density, "realised_density": ticket.realised_density, "seed": str(ticket.seed),
         "flow": ticket.flow, "exact": ticket.exact, "rng": ticket.rng, "layers": rows,
     }
+    if common_dtype:
+        meta["dtype"] = common_dtype
     if ticket.init is not None:
         meta["init"] = ticket.init
     fp = ticket.file_fingerprint or (model_fingerprint(model) if model is not None else None)
@@ -327,7 +333,7 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") 
         rec = LayerRecord(fqn, str(row.get("type", "")), tuple(shape), float(p), nnz,
                           int(row.get("edges_added", 0)), int(row.get("rows_repaired", 0)),
                           int(row.get("cols_repaired", 0)), int(row.get("fallbacks", 0)),
-                          tuple(row.get("aliases", ())))
+                          tuple(row.get("aliases", ())), str(row.get("dtype", t.get("dtype", ""))))
         records.append(rec)
         if p >= 1:
             continue
