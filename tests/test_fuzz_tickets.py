@@ -50,10 +50,10 @@ def _header_edit(data: bytes, key: str, value) -> bytes:
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
     meta = json.loads(header["__metadata__"]["ticket"])
-    if meta["layers"]:
-        meta["layers"][0][key] = value if key != "seed" else value
-    if key == "seed":
-        meta["seed"] = value
+    if key.startswith("top:"):
+        meta[key[4:]] = value
+    elif meta["layers"]:
+        meta["layers"][0][key] = value
     header["__metadata__"]["ticket"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -66,7 +66,10 @@ mutation = st.one_of(
     st.tuples(st.just("append"), st.binary(min_size=1, max_size=16), st.just(0)),
     st.tuples(st.just("length"), st.integers(0, 2**64 - 1), st.just(0)),
     st.tuples(st.just("field"), st.sampled_from(["shape", "density", "nonzeros", "layout", "fqn", "encoding",
-                                                 "encoding_params", "seed"]),
+                                                 "encoding_params", "edges_added", "rows_repaired", "aliases",
+                                                 "dtype", "type", "top:seed", "top:density", "top:method_options",
+                                                 "top:method", "top:flow", "top:exact", "top:layers", "top:dtype",
+                                                 "top:init", "top:fingerprint", "top:weights"]),
               st.one_of(st.integers(-5, 10**12), st.floats(allow_nan=True), st.text(max_size=5), st.none(),
                         st.lists(st.integers(-3, 50), max_size=4), st.dictionaries(st.text(max_size=3),
                                                                                      st.integers(-2, 99)))),

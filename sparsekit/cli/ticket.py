@@ -15,7 +15,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,8 @@ from torch import nn
 import sparsekit
 from sparsekit import TicketError
 from sparsekit._io import atomic_write_bytes
-from sparsekit.formats.ticket_file import _field, _parse_meta, _read_header
+from sparsekit.formats.codecs import entropy_bound_bytes
+from sparsekit.formats.ticket_file import read_ticket_metadata
 
 from . import stdout_console
 from ._models import load_model, model_options
@@ -46,22 +46,11 @@ def _ticket_argument(fn: Any) -> Any:
 
 
 def binary_entropy_bits(numel: int, nnz: int) -> float:
-    """``numel * H(nnz / numel)`` in bits: what an ideal code needs for a mask of that density (0 if trivial)."""
-    if numel <= 0 or nnz <= 0 or nnz >= numel:
-        return 0.0
-    p = nnz / numel
-    return numel * (-p * math.log2(p) - (1 - p) * math.log2(1 - p))
+    """``numel * H(nnz / numel)`` bits: the entropy bound of a mask (``entropy_bound_bytes`` in bits)."""
+    return 8 * entropy_bound_bytes(numel, nnz)
 
 
 # --- info ------------------------------------------------------------------------------------------------
-
-
-def _nbytes(table: dict[str, Any], name: str) -> int:
-    info = table.get(name)
-    if info is None:
-        return 0
-    begin, end = info["data_offsets"]
-    return int(end - begin)
 
 
 def ticket_info(path: Path) -> dict[str, Any]:
@@ -70,42 +59,22 @@ def ticket_info(path: Path) -> dict[str, Any]:
     Raises:
         TicketError: the file is missing, not a ticket, truncated, or its metadata is malformed.
     """
-    if not path.is_file():
-        raise TicketError(f"ticket file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    table, meta, offset = _read_header(path)
-    t = _parse_meta(path, meta)
-    where = str(path)
-    kind = _field(t, "kind", str, where)
-    rows = _field(t, "layers", list, where)
-    try:
-        seed = int(_field(t, "seed", str, where))
-    except ValueError:
-        raise TicketError(f"{path}: seed is not an integer") from None
+    h = read_ticket_metadata(path)
+    table, meta, t, kind, seed, offset = h.table, h.meta, h.ticket, h.kind, h.seed, h.offset
     layers = []
-    for i, row in enumerate(rows):
-        rw = f"{path}: layer {i}"
-        if not isinstance(row, dict):
-            raise TicketError(f"{rw}: not an object")
-        fqn = _field(row, "fqn", str, rw)
-        shape = _field(row, "shape", list, rw)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise TicketError(f"{rw} ({fqn}): bad shape {shape!r}")
-        numel = math.prod(shape)
-        density = _field(row, "density", (float, int), rw)
-        nnz = _field(row, "nonzeros", int, rw)
-        if not 0 <= nnz <= numel:
-            raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
-        if density >= 1:
+    for row, rec in zip(h.rows, h.records, strict=True):
+        fqn, numel, nnz = rec.fqn, rec.numel, rec.nonzeros
+        if rec.target_density >= 1:
             encoding = "dense"
         elif kind == "er":
             encoding = "seed"
         else:
             encoding = str(row.get("encoding", "?"))
-        mask_bytes = _nbytes(table, f"mask/{fqn}")
-        weight_bytes = _nbytes(table, f"kept/{fqn}") + _nbytes(table, f"state/{fqn}")  # dense layers: state/
+        mask_bytes = h.tensor_bytes(f"mask/{fqn}")
+        weight_bytes = h.tensor_bytes(f"kept/{fqn}") + h.tensor_bytes(f"state/{fqn}")  # dense layers: state/
         layers.append({
-            "fqn": fqn, "type": str(row.get("type", "")), "shape": shape, "params": numel,
-            "target_density": float(density), "realised_density": nnz / numel if numel else 1.0, "nonzeros": nnz,
+            "fqn": fqn, "type": rec.module_type, "shape": list(rec.shape), "params": numel,
+            "target_density": rec.target_density, "realised_density": rec.realised_density, "nonzeros": nnz,
             "encoding": encoding, "mask_bytes": mask_bytes, "weight_bytes": weight_bytes,
             "bytes": mask_bytes + weight_bytes, "entropy_bits": binary_entropy_bits(numel, nnz),
         })
@@ -114,7 +83,7 @@ def ticket_info(path: Path) -> dict[str, Any]:
     nnz_total = sum(r["nonzeros"] for r in layers)
     entropy_bits = sum(r["entropy_bits"] for r in layers)
     in_layers = {f"state/{r['fqn']}" for r in layers}
-    state_bytes = sum(_nbytes(table, name) for name in table if name.startswith("state/") and name not in in_layers)
+    state_bytes = sum(h.tensor_bytes(name) for name in table if name.startswith("state/") and name not in in_layers)
     weights = t.get("weights") if isinstance(t.get("weights"), dict) else None
     method_options = t.get("method_options") if isinstance(t.get("method_options"), dict) else {}
     return {

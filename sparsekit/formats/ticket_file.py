@@ -18,6 +18,7 @@ import json
 import math
 import os
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from ..sampling import draw_mask
 from ..ticket import LayerRecord, Ticket, model_fingerprint
 from .errors import TicketError
 
-__all__ = ["save_ticket", "load_ticket", "apply_ticket", "serialize", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save_ticket", "load_ticket", "apply_ticket", "read_ticket_metadata", "TicketHeader", "serialize",
+           "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "sparsekit-ticket"
 FORMAT_VERSION = "1.0"
@@ -281,11 +283,50 @@ def _field(t: dict[str, Any], key: str, types: type | tuple[type, ...], where: s
     return v
 
 
-def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Ticket:
-    """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical)."""
+@dataclass
+class TicketHeader:
+    """A validated ticket header: everything but the tensors (no masks rebuilt or decoded)."""
+
+    path: Path
+    table: dict[str, Any]
+    offset: int
+    meta: dict[str, str]
+    ticket: dict[str, Any]
+    kind: str
+    seed: int
+    flow: str | None
+    exact: bool
+    rng: str
+    records: list[LayerRecord]
+    layouts: dict[str, LayerLayout]
+    rows: list[dict[str, Any]]
+
+    def tensor_bytes(self, name: str) -> int:
+        info = self.table.get(name)
+        return 0 if info is None else int(info["data_offsets"][1] - info["data_offsets"][0])
+
+
+def _opt(row: dict[str, Any], key: str, types: type | tuple[type, ...], default: Any, where: str) -> Any:
+    """An optional field of the right type (bools are not ints), or ``default`` when absent."""
+    if key not in row:
+        return default
+    v = row[key]
+    allowed = types if isinstance(types, tuple) else (types,)
+    if not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed):
+        raise TicketError(f"{where}: field {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
+    """Read and validate a ticket's header and metadata (fast: no tensors are read, no masks built).
+
+    Raises:
+        TicketError: the file is missing, not a ticket, truncated, of a newer major version, or its
+            metadata is malformed.
+    """
     path = Path(path)
     if not path.is_file():
-        raise TicketError(f"ticket file {path} does not exist")
+        raise TicketError(f"ticket file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     table, meta, offset = _read_header(path)
     t = _parse_meta(path, meta)
     where = str(path)
@@ -306,8 +347,11 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") 
         raise TicketError(f"{path}: unknown flow mode {flow!r}")
     exact = _field(t, "exact", bool, where)
     rows = _field(t, "layers", list, where)
-    raw = _read_tensors(path, table, offset)
-    records, layouts, masks = [], {}, {}
+    for key, types in (("method", str), ("method_options", dict), ("density", (int, float)), ("dtype", str),
+                       ("init", dict), ("fingerprint", dict), ("weights", dict)):
+        _opt(t, key, types, None, where)
+    default_dtype = t.get("dtype", "")
+    records, layouts = [], {}
     for i, row in enumerate(rows):
         rw = f"{path}: layer {i}"
         if not isinstance(row, dict):
@@ -318,45 +362,51 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") 
             raise TicketError(f"{rw} ({fqn}): bad shape {shape!r}")
         numel = math.prod(shape)
         p = _field(row, "density", (float, int), rw)
-        if not (isinstance(p, (int, float)) and 0 <= p <= 1):
+        if not 0 <= p <= 1:
             raise TicketError(f"{rw} ({fqn}): density {p!r} outside [0, 1]")
         nnz = _field(row, "nonzeros", int, rw)
         if not 0 <= nnz <= numel:
             raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
-        lay = row.get("layout", [0, 1, 1])
-        layout = None
-        if lay is not None:
-            if not (isinstance(lay, list) and len(lay) == 3 and all(isinstance(x, int) for x in lay)):
-                raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
-            layout = LayerLayout(*lay)
-            layouts[fqn] = layout
-        rec = LayerRecord(fqn, str(row.get("type", "")), tuple(shape), float(p), nnz,
-                          int(row.get("edges_added", 0)), int(row.get("rows_repaired", 0)),
-                          int(row.get("cols_repaired", 0)), int(row.get("fallbacks", 0)),
-                          tuple(row.get("aliases", ())), str(row.get("dtype", t.get("dtype", ""))))
-        records.append(rec)
-        if p >= 1:
+        lay = _opt(row, "layout", list, [0, 1, 1], rw)
+        if not (len(lay) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in lay)):
+            raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
+        layouts[fqn] = LayerLayout(*lay)
+        counters = [_opt(row, k, int, 0, rw) for k in ("edges_added", "rows_repaired", "cols_repaired", "fallbacks")]
+        aliases = _opt(row, "aliases", list, [], rw)
+        if not all(isinstance(a, str) for a in aliases):
+            raise TicketError(f"{rw} ({fqn}): aliases must be strings")
+        records.append(LayerRecord(fqn, _opt(row, "type", str, "", rw), tuple(shape), float(p), nnz, *counters,
+                                   tuple(aliases), _opt(row, "dtype", str, default_dtype, rw)))
+    return TicketHeader(path, table, offset, meta, t, kind, seed, flow, exact, rng_id, records, layouts, rows)
+
+
+def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Ticket:
+    """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical)."""
+    h = read_ticket_metadata(path)
+    raw = _read_tensors(h.path, h.table, h.offset)
+    masks: dict[str, CompactMask] = {}
+    for i, (row, rec) in enumerate(zip(h.rows, h.records, strict=True)):
+        rw = f"{h.path}: layer {i}"
+        if rec.target_density >= 1:
             continue
-        if kind == "er":
-            if layout is None:
-                raise TicketError(f"{rw} ({fqn}): an er ticket needs the layer layout to rebuild its mask")
-            cm = _rebuild_er(fqn, tuple(shape), layout, float(p), seed, flow, exact, device, rw)
+        if h.kind == "er":
+            cm = _rebuild_er(rec.fqn, rec.shape, h.layouts[rec.fqn], rec.target_density, h.seed, h.flow, h.exact,
+                             device, rw)
         else:
-            cm = _decode_layer(row, raw, fqn, tuple(shape), rw)
-        if cm.nnz != nnz:
-            raise TicketError(f"{rw} ({fqn}): decoded mask has {cm.nnz} nonzeros, the ticket says {nnz} "
-                              "(corrupted file or a different generator)")
-        masks[fqn] = cm
-    ticket = Ticket(str(t.get("method", "")), float(t.get("density", 0.0)), seed, flow, exact, records, masks,
-                    dict(t.get("method_options", {})), kind=kind, rng=rng_id,
-                    sparsekit_version=meta.get("sparsekit_version", ""))
-    ticket.layouts = layouts
-    init = t.get("init")
-    ticket.init = init if isinstance(init, dict) else None
-    fp = t.get("fingerprint")
-    ticket.file_fingerprint = fp if isinstance(fp, dict) else None
+            cm = _decode_layer(row, raw, rec.fqn, rec.shape, rw)
+        if cm.nnz != rec.nonzeros:
+            raise TicketError(f"{rw} ({rec.fqn}): decoded mask has {cm.nnz} nonzeros, the ticket says "
+                              f"{rec.nonzeros} (corrupted file or a different generator)")
+        masks[rec.fqn] = cm
+    t = h.ticket
+    ticket = Ticket(t.get("method", ""), float(t.get("density", 0.0)), h.seed, h.flow, h.exact, h.records, masks,
+                    dict(t.get("method_options", {})), kind=h.kind, rng=h.rng,
+                    sparsekit_version=h.meta.get("sparsekit_version", ""))
+    ticket.layouts = h.layouts
+    ticket.init = t.get("init")
+    ticket.file_fingerprint = t.get("fingerprint")
     if "weights" in t:
-        ticket.weights = _collect_loaded_weights(path, raw, masks, records)
+        ticket.weights = _collect_loaded_weights(h.path, raw, masks, h.records)
     return ticket
 
 
