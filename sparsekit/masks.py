@@ -82,6 +82,10 @@ class CompactMask:
         pruned = self.pruned.to(device) if self.pruned is not None else None
         return CompactMask(self.shape, self.nnz, kept, pruned)
 
+    def kept_indices(self) -> torch.Tensor:
+        """Sorted flat indices of the kept entries (int64), whichever form the mask is stored in."""
+        return self.kept if self.kept is not None else flat_nonzero(~self.pruned)
+
     def bool(self) -> torch.Tensor:
         """The mask as a new bool tensor (True = kept)."""
         if self.pruned is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -178,14 +178,5 @@ class Ticket:
 
     def to(self, device: torch.device | str) -> Ticket:
         """A copy of the ticket with its masks on ``device``."""
-        d = {k: v for k, v in self.__dict__.items() if k not in ("compact_masks",)}
+        d = {k: v for k, v in self.__dict__.items() if k != "compact_masks"}
         return Ticket(**d, compact_masks={k: v.to(device) for k, v in self.compact_masks.items()})
-
-    def provenance(self) -> dict[str, Any]:
-        """Everything but the masks, JSON-serialisable."""
-        return {
-            "kind": self.kind, "method": self.method, "method_options": dict(self.method_options),
-            "density": self.density, "seed": self.seed, "flow": self.flow, "exact": self.exact,
-            "rng": self.rng, "sparsekit_version": self.sparsekit_version,
-            "layers": [{**asdict(r), "shape": list(r.shape), "aliases": list(r.aliases)} for r in self.layers],
-        }

@@ -224,10 +224,6 @@ def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, o
 # --- verify ----------------------------------------------------------------------------------------------
 
 
-def _kept_index(cm: Any) -> torch.Tensor:
-    return cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
-
-
 @torch.no_grad()
 def _verify(ticket: sparsekit.Ticket, net: nn.Module) -> tuple[int, int]:
     """Check ``net`` (with ``ticket`` applied) against the ticket; returns (weights checked, stored values
@@ -251,7 +247,7 @@ def _verify(ticket: sparsekit.Ticket, net: nn.Module) -> tuple[int, int]:
         if ticket.weights:
             vals = ticket.weights.get(f"kept/{r.fqn}")
             if vals is not None:
-                got = p.reshape(-1)[_kept_index(cm).cpu()]
+                got = p.reshape(-1)[cm.kept_indices().cpu()]
                 if not torch.equal(got, vals.to(p.dtype)):
                     bad = int((got != vals.to(p.dtype)).sum())
                     raise TicketError(f"layer {r.fqn}: {bad:,} kept weights differ from the values stored in the "

@@ -52,10 +52,6 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 # container
 
 
-def _params_digest(model: nn.Module) -> str:
-    return model_fingerprint(model)["params_sha256"]
-
-
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 
@@ -198,8 +194,7 @@ def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None
             raise TicketError(f"the model has no state_dict entry {fqn!r} for the ticket's layer")
         cm = ticket.compact_masks[fqn]
         flat = sd[fqn].reshape(-1)
-        kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
-        tensors[f"kept/{fqn}"] = cast(flat.index_select(0, kept.to(flat.device))).contiguous()
+        tensors[f"kept/{fqn}"] = cast(flat.index_select(0, cm.kept_indices().to(flat.device))).contiguous()
     for key, value in sd.items():
         if key in masked or key in aliases:
             continue
@@ -507,7 +502,8 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     if types:
         problems.append(f"module type differs: {'; '.join(types[:8])}")
     fp = ticket.file_fingerprint
-    if strict and not problems and fp and fp.get("params_sha256") not in (None, _params_digest(model)):
+    digest = fp.get("params_sha256") if fp else None
+    if strict and not problems and digest is not None and digest != model_fingerprint(model)["params_sha256"]:
         known = {r.fqn for r in ticket.layers} | {a for r in ticket.layers for a in r.aliases}
         extra = [L.fqn for L in find_layers(model) if L.fqn not in known]
         detail = f"extra in the model: {', '.join(extra[:8])}" + (" ..." if len(extra) > 8 else "") if extra else \
@@ -562,6 +558,5 @@ def _load_weights(model: nn.Module, ticket: Ticket, weights: dict[str, torch.Ten
             continue
         p = model.get_parameter(fqn)
         flat = torch.zeros(p.numel(), dtype=p.dtype)
-        kept = cm.kept if cm.kept is not None else (~cm.pruned).reshape(-1).nonzero().squeeze(1)
-        flat[kept.cpu()] = vals.to(p.dtype)
+        flat[cm.kept_indices().cpu()] = vals.to(p.dtype)
         p.copy_(flat.view(p.shape))
