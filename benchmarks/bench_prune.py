@@ -780,6 +780,17 @@ def _table(console, title: str, head: list[str], rows: list[list[str]]) -> None:
         console.print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
+def make_console(plain: bool = False):
+    """A wide rich console, or a plain-text one with ``--plain`` (or when rich is missing)."""
+    try:
+        if plain:
+            raise ImportError
+        from rich.console import Console
+        return Console(width=max(160, int(os.environ.get("COLUMNS", 0) or 0)))
+    except ImportError:
+        return _PlainConsole()
+
+
 class _PlainConsole:
     def print(self, text: str = "") -> None:
         print(text)
@@ -827,13 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.train_steps if args.train_steps is not None else (10 if q else 60)
     warm = args.train_warmup if args.train_warmup is not None else (2 if q else 5)
 
-    try:
-        if args.plain:
-            raise ImportError
-        from rich.console import Console
-        console = Console(width=max(160, int(os.environ.get("COLUMNS", 0) or 0)))
-    except ImportError:
-        console = _PlainConsole()
+    console = make_console(args.plain)
 
     t_start = time.perf_counter()
     report: dict = {

@@ -46,7 +46,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -60,10 +59,10 @@ sys.path.insert(0, str(HERE))
 from bench_prune import (  # noqa: E402 - helpers shared with bench_prune
     Foreign,
     _ok,
-    _PlainConsole,
     _table,
     is_noisy,
     machine_info,
+    make_console,
     sparsekit_fingerprint,
     wait_for_quiet,
 )
@@ -529,13 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     numel = 1_000_000 if args.quick else CODEC_NUMEL
     warnings.simplefilter("ignore", UserWarning)
 
-    try:
-        if args.plain:
-            raise ImportError
-        from rich.console import Console
-        console = Console(width=max(160, int(os.environ.get("COLUMNS", 0) or 0)))
-    except ImportError:
-        console = _PlainConsole()
+    console = make_console(args.plain)
 
     import sparsekit.formats.codecs as codecs_mod  # imported once: the whole run uses this version
 

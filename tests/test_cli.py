@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from cli_helpers import error_line, run, table_rows
 from models import mlp
 from torch import nn
 
 import sparsekit
-from sparsekit.cli import cli
 from sparsekit.cli._models import export_layer_layouts, load_model, parse_kwargs
 
 SIZES = (16, 32, 16, 4)
@@ -29,26 +28,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPARSEKIT_DEBUG", raising=False)
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env)
 
 
-def error_line(result: Result) -> str:
-    """The single ``Error: ...`` line of a failed run; fails the test if there is none or several."""
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
-def table_rows(output: str) -> dict[str, list[str]]:
-    """Rows of the rich table by their first cell."""
-    rows = {}
-    for line in output.splitlines():
-        if "│" in line:
-            cells = [c.strip() for c in line.split("│")]
-            rows[cells[0]] = cells
-    return rows
 
 
 def library_report(model: nn.Module, method: str, density: float, **kwargs: object) -> sparsekit.Report:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from cli_helpers import error_line as _error_line
+from cli_helpers import run, table_rows
+from click.testing import Result
 from models import TiedLM, mlp
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 import sparsekit
-from sparsekit.cli import cli
 from sparsekit.masks import CompactMask
 
 SIZES = (16, 32, 16, 4)
@@ -30,8 +31,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPARSEKIT_DEBUG", raising=False)
 
 
-def run(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def error_line(result):
+    """The single ``Error: ...`` line of a run that failed with status 1."""
+    return _error_line(result, exit_code=1)
 
 
 def ok(*args: str | Path) -> Result:
@@ -40,23 +44,8 @@ def ok(*args: str | Path) -> Result:
     return result
 
 
-def error_line(result: Result) -> str:
-    """The single ``Error: ...`` line of a run that failed with status 1."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
-def table_rows(output: str) -> dict[str, list[str]]:
-    """Rows of a rich table by their first cell."""
-    rows = {}
-    for line in output.splitlines():
-        if "│" in line:
-            cells = [c.strip() for c in line.split("│")]
-            rows[cells[0]] = cells
-    return rows
 
 
 def tensor_bytes(path: Path) -> dict[str, int]:
