@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from ._prune import prune
 from ._registry import Method, MethodInfo, get_method, list_methods, register_method
-from .attach import attach, enforce_masks, finalize, is_pruned, masked_parameters
+from .attach import attach, enforce_masks, finalize, is_pruned, mask_gradients, masked_parameters, ticket_of
 from .densities import layer_densities
 from .errors import (
     NoPrunableLayersError,
@@ -27,6 +27,19 @@ from .formats.errors import TicketError
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
 from .ticket import LayerRecord, Report, Ticket
+from .train import Callback, History, fit_weak
+
+_SUBMODULES = ("models", "data")
+
+
+def __getattr__(name: str):
+    """``sparsekit.models`` and ``sparsekit.data`` are imported on first use (keeps ``import sparsekit`` lean)."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -49,6 +62,11 @@ __all__ = [
     "enforce_masks",
     "is_pruned",
     "masked_parameters",
+    "mask_gradients",
+    "ticket_of",
+    "fit_weak",
+    "History",
+    "Callback",
     "find_layers",
     "register_layer_type",
     "Layer",

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import __version__
 from ._registry import Method
-from .attach import attach, is_pruned
+from .attach import _remember_ticket, attach, is_pruned
 from .densities import densities_for_layers, resolve_method, validate_density
 from .errors import SparsekitError
 from .flow import FLOW_MODES, repair_flow
@@ -128,5 +128,6 @@ def prune(
     else:
         attach(model, masks)
         ticket.model_ref = weakref.ref(model)
+        _remember_ticket(model, ticket)
     ticket.elapsed_s = time.perf_counter() - t0
     return ticket

@@ -38,9 +38,11 @@ from torch.utils.hooks import RemovableHandle
 from .errors import SparsekitError
 from .masks import CompactMask
 
-__all__ = ["attach", "finalize", "enforce_masks", "is_pruned", "masked_parameters"]
+__all__ = ["attach", "finalize", "enforce_masks", "is_pruned", "masked_parameters", "mask_gradients", "ticket_of"]
 
 _ATTR = "_sparsekit_mask"
+#: model -> the Ticket whose masks ``prune`` / ``apply_ticket`` attached to it (weak keys: no leaks)
+_TICKETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 #: torch optimizers whose update of an entry depends only on that entry's gradient, weight and state:
@@ -221,6 +223,33 @@ def is_pruned(model: nn.Module) -> bool:
     return bool(_masked(model))
 
 
+def ticket_of(model: nn.Module) -> object | None:
+    """The :class:`~sparsekit.Ticket` that ``prune`` or ``apply_ticket`` attached to ``model`` (None if none).
+
+    Training functions use it to checkpoint and save the ticket of the model they train.
+    """
+    t = _TICKETS.get(model)
+    return t if t is not None and is_pruned(model) else None
+
+
+def _remember_ticket(model: nn.Module, ticket: object) -> None:
+    _TICKETS[model] = ticket
+
+
+@torch.no_grad()
+def mask_gradients(model: nn.Module) -> nn.Module:
+    """Zero the gradients of masked entries now.
+
+    Not needed in a plain training loop (a gradient hook does it as gradients arrive); use it when
+    something rewrites ``.grad`` after accumulation, e.g. gradient all-reduce in a custom
+    data-parallel wrapper, before ``optimizer.step()``.
+    """
+    for p in _masked(model):
+        if p.grad is not None and p.grad.layout == torch.strided:
+            getattr(p, _ATTR).on(p.grad.device).zero_pruned_(p.grad)
+    return model
+
+
 def enforce_masks(model: nn.Module) -> nn.Module:
     """Zero the masked entries again (after writing to weights outside autograd and optimizers)."""
     for p in _masked(model):
@@ -234,6 +263,7 @@ def finalize(model: nn.Module) -> nn.Module:
     Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
     """
     _bump()
+    _TICKETS.pop(model, None)
     for p in _masked(model):
         h: MaskHandle = getattr(p, _ATTR)
         h.apply(p)

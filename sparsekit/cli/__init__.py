@@ -35,6 +35,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sparsekit.cli.ticket", "info"),
     "apply": ("sparsekit.cli.ticket", "apply"),
     "verify": ("sparsekit.cli.ticket", "verify"),
+    "fit": ("sparsekit.cli.fit", "fit"),
 }
 
 

@@ -2,6 +2,9 @@
 
 Accepted model specs (:func:`load_model`):
 
+* ``sparsekit:NAME[:KEY=VALUE,...]``, e.g. ``sparsekit:vgg19:num_classes=100``: the paper's networks
+  from :mod:`sparsekit.models` (``sparsekit.models.get_model(NAME, **kwargs)``; names in
+  ``sparsekit.models.list_models()``).
 * ``torchvision:NAME[:KEY=VALUE,...]``, e.g. ``torchvision:resnet18:num_classes=10``. Weights are
   never downloaded: ``weights`` (and ``weights_backbone``) default to None and other values are refused.
 * ``package.module:factory[:KEY=VALUE,...]``: ``factory(**kwargs)`` must return an ``nn.Module``; the
@@ -46,7 +49,8 @@ from sparsekit.layers import LayerLayout, declare_layouts
 
 __all__ = ["load_model", "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
-SPEC_FORMS = ("torchvision:NAME[:KEY=VALUE,...], package.module:factory[:KEY=VALUE,...], or a model file "
+SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
+              "package.module:factory[:KEY=VALUE,...], or a model file "
               "(TorchScript, torch.export .pt2, a state_dict with --arch, a pickled module with --trust-pickle)")
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kwargs>.*))?$", re.S)
@@ -65,7 +69,8 @@ def model_options(fn: F) -> F:
              "use it for files you trust.")(fn)
     fn = click.option(
         "--arch", metavar="SPEC", default=None,
-        help="Architecture for a state_dict file: torchvision:NAME[:K=V,...] or package.module:factory.")(fn)
+        help="Architecture for a state_dict file: sparsekit:NAME, torchvision:NAME[:K=V,...] or "
+             "package.module:factory.")(fn)
     fn = click.argument("model", metavar="MODEL")(fn)
     return fn
 
@@ -117,13 +122,17 @@ def _literal(raw: str) -> Any:
         return raw
 
 
-def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> nn.Module:
+def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False,
+               defaults: dict[str, Any] | None = None) -> nn.Module:
     """The model named by ``spec`` (see the module docstring for the accepted forms), on the CPU.
 
     Args:
-        spec: ``torchvision:NAME[:K=V,...]``, ``package.module:factory[:K=V,...]`` or a file path.
-        arch: the architecture (a spec of the first two forms) a state_dict file is loaded into.
+        spec: ``sparsekit:NAME[:K=V,...]``, ``torchvision:NAME[:K=V,...]``,
+            ``package.module:factory[:K=V,...]`` or a file path.
+        arch: the architecture (a spec of the first three forms) a state_dict file is loaded into.
         trust_pickle: allow unpickling a full module from a file; this executes code from the file.
+        defaults: keyword arguments for ``sparsekit:`` models that the spec does not set (the CLI fills
+            ``num_classes`` and the input size from the data).
 
     Raises:
         FileNotFoundError: ``spec`` looks like a file that does not exist.
@@ -137,6 +146,19 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
         raise TypeError(f"trust_pickle must be True or False, got {trust_pickle!r}")
     if arch is not None and not isinstance(arch, str):
         raise TypeError(f"arch must be a model spec string or None, got {type(arch).__name__}")
+    if spec.startswith("sparsekit:"):
+        _no_arch(spec, arch, "a sparsekit spec builds the model itself")
+        from sparsekit.models import get_model, list_models
+
+        name, _, kw_text = spec[len("sparsekit:"):].partition(":")
+        kwargs = {**(defaults or {}), **parse_kwargs(kw_text, what=f"model spec {spec!r}")}
+        if name.strip().lower() not in list_models():
+            raise SparsekitError(f"model spec {spec!r}: sparsekit has no model {name!r}; valid models: "
+                                 f"{', '.join(list_models())} (other builders: package.module:factory)")
+        try:
+            return get_model(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise SparsekitError(f"model spec {spec!r}: {e}") from e
     if spec.startswith("torchvision:"):
         _no_arch(spec, arch, "a torchvision spec builds the model itself")
         return _load_torchvision(spec)
@@ -296,7 +318,8 @@ def _state_dict_into_arch(path: Path, obj: object, arch: str | None) -> nn.Modul
             f"{path} is a state_dict ({len(state_dict)} tensors) without an architecture; pass --arch SPEC "
             "(e.g. --arch torchvision:resnet18:num_classes=10 or --arch package.module:factory)")
     if Path(arch).expanduser().exists():
-        raise SparsekitError(f"--arch {arch!r} is a file; give a builder: torchvision:NAME or package.module:factory")
+        raise SparsekitError(f"--arch {arch!r} is a file; give a builder: sparsekit:NAME, "
+                             "torchvision:NAME or package.module:factory")
     model = load_model(arch)
     _load_state_dict_strict(model, state_dict, path)
     return model

@@ -216,7 +216,8 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
           show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
-    MODEL is torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
+    MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
+    torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
     package.module:factory[:KEY=VALUE,...], or a model file: TorchScript, torch.export (.pt2), a
     state_dict (with --arch) or a pickled module (only with --trust-pickle).
     """

@@ -121,15 +121,22 @@ def save_ticket(
         model: the model to take weights and the fingerprint from (default: the pruned model).
         overwrite: replace an existing file.
     """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+    data = ticket_bytes(ticket, weights=weights, weights_dtype=weights_dtype, model=model)
+    return atomic_write_bytes(path, data, overwrite=overwrite)
+
+
+def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: torch.dtype | None = None,
+                 model: nn.Module | None = None) -> bytes:
+    """The bytes :func:`save_ticket` writes (arguments as there); used to embed tickets in checkpoints."""
     if not isinstance(ticket, Ticket):
         raise TypeError(f"ticket must be a sparsekit.Ticket, got {type(ticket).__name__}")
     if weights not in (None, "kept"):
         raise ValueError(f"weights must be None or 'kept', got {weights!r}")
     if ticket.kind not in KINDS:
         raise ValueError(f"ticket kind {ticket.kind!r} unknown; expected one of {KINDS}")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
     if model is None and ticket.model_ref is not None:
         model = ticket.model_ref()
     if weights == "kept" and model is None:
@@ -176,7 +183,7 @@ def save_ticket(
         "format": FORMAT, "format_version": FORMAT_VERSION, "sparsekit_version": __version__,
         "kind": ticket.kind, "ticket": json.dumps(meta, separators=(",", ":"), sort_keys=True),
     }
-    return atomic_write_bytes(path, serialize(tensors, header), overwrite=overwrite)
+    return serialize(tensors, header)
 
 
 def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None,
@@ -481,7 +488,7 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     module types and the same parameter set as the model the ticket was saved from); on any
     mismatch a :class:`TicketError` names the layers and the model is not changed.
     """
-    from ..attach import attach, is_pruned
+    from ..attach import _remember_ticket, attach, is_pruned
 
     if not isinstance(ticket, Ticket):
         ticket = load_ticket(ticket)
@@ -520,6 +527,7 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
         _load_weights(model, ticket, weights)
     attach(model, ticket.compact_masks)
     ticket.model_ref = weakref.ref(model)
+    _remember_ticket(model, ticket)
     return ticket
 
 

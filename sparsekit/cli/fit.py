@@ -1,0 +1,168 @@
+"""``sparsekit fit``: train tickets from the command line.
+
+Example::
+
+    sparsekit fit weak --model sparsekit:vgg16 --data cifar10:~/data/cifar10 --method er-balanced \\
+        --density 0.01 --epochs 160 --checkpoint-dir runs/vgg16 -o vgg16-weak.safetensors
+    sparsekit fit weak --data digits --density 0.05 --epochs 30 -o digits.safetensors
+
+``fit weak`` prunes the model (or applies ``--ticket``), trains it with :func:`sparsekit.fit_weak`
+and writes a weak ticket with the kept weights. Under ``torchrun`` every rank trains and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from torch import nn
+
+import sparsekit
+
+from . import UserError, stdout_console
+from ._models import load_model
+from ._options import check_out, force_option, size_text
+from .prune import WEIGHTS_DTYPES, DensityType, MethodType, _parse_options
+
+__all__ = ["fit", "weak", "build_model"]
+
+_AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
+
+
+@click.group("fit", context_settings={"help_option_names": ["-h", "--help"]})
+def fit() -> None:
+    """Train tickets: 'weak' trains the kept weights inside fixed ER masks (paper §2.2)."""
+
+
+def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
+    """The model for ``spec``; ``sparsekit:`` models get ``num_classes`` and input size from the data.
+
+    Without ``spec``, flat-vector data (digits) gets the paper-style MLP ``sparsekit:mlp``.
+    """
+    if spec is None:
+        if len(data.input_shape) != 1:
+            raise UserError(f"--model is required for {data.name} (e.g. --model sparsekit:resnet20)")
+        spec = "sparsekit:mlp"
+    defaults: dict[str, Any] = {"num_classes": data.num_classes}
+    if spec.split(":")[:2] == ["sparsekit", "mlp"]:
+        defaults["in_features"] = math.prod(data.input_shape)
+    elif len(data.input_shape) == 3:
+        defaults["in_channels"] = data.input_shape[0]
+    return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
+
+
+@fit.command("weak", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_spec", metavar="SPEC", default=None,
+              help="sparsekit:NAME (vgg16, vgg19, resnet18, resnet50, resnet20, resnet110, mlp; num_classes is "
+                   "taken from the data), torchvision:NAME, package.module:factory or a model file. "
+                   "Default for digits: sparsekit:mlp (64-512-512-10).")
+@click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow pickled model files and pickled CIFAR batches that fail the official checksums.")
+@click.option("--data", "data_spec", metavar="SPEC", required=True,
+              help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
+                   "is downloaded.")
+@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme (see 'sparsekit methods').")
+@click.option("-d", "--density", type=DensityType(), default=None,
+              help="Global fraction of weights to keep, in (0, 1]. Required unless --ticket.")
+@click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
+              help="Seed of the masks (and of training unless --train-seed).")
+@click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
+              show_default=True, help="Flow preservation.")
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+              help="Option of the method (repeatable).")
+@click.option("--dense", multiple=True, metavar="NAME", help="Keep this layer dense (repeatable).")
+@click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
+@click.option("--ticket", "ticket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Train the masks of this ticket file instead of pruning.")
+@click.option("--epochs", type=click.IntRange(1), default=160, show_default=True, help="Paper: 160.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
+@click.option("--momentum", type=click.FloatRange(0), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per process.")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default="multistep",
+              show_default=True, help="multistep: lr x0.1 at 50% and 75% of the epochs (paper App. A.7).")
+@click.option("--amp", type=click.Choice(sorted(_AMP)), default="auto", show_default=True,
+              help="auto: bf16 on GPUs that support it, off on the CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--train-seed", type=click.IntRange(0, 2**63 - 1), default=None, metavar="INT",
+              help="Seed of the data order and augmentation (default: --seed).")
+@click.option("--num-workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: auto).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write checkpoint.pt and history.json here after every epoch.")
+@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (exactly).")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Write the weak ticket (masks plus kept weights) to FILE.safetensors.")
+@force_option("Replace FILE given to --out if it exists.")
+@click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
+              help="Store the ticket's floating-point weights in half precision.")
+@click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the per-epoch history as JSON to this file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines.")
+def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, method: str,
+         density: float | None, seed: int, flow: str, method_options: dict[str, Any], dense: tuple[str, ...],
+         exact: bool, ticket_path: Path | None, epochs: int, lr: float, momentum: float, weight_decay: float,
+         batch_size: int, schedule: str, amp: str, device: str, train_seed: int | None, num_workers: int | None,
+         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights_dtype: str | None,
+         history_path: Path | None, no_progress: bool) -> None:
+    """Prune a model and train its kept weights: a weak lottery ticket (paper §2.2, App. A.7)."""
+    from sparsekit.data import load_data
+
+    main_rank = int(os.environ.get("RANK", "0") or 0) == 0
+    if ticket_path is None and density is None:
+        raise UserError("give --density (the fraction of weights to keep, e.g. 0.01) or --ticket FILE")
+    if ticket_path is not None and (density is not None or method_options or dense or exact):
+        raise UserError("--ticket brings its own masks; drop --density/--option/--dense/--exact")
+    if resume and checkpoint_dir is None:
+        raise UserError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
+    if out is not None:
+        if out.suffix.lower() != ".safetensors":
+            raise UserError(f"--out {out}: a ticket file must end in .safetensors")
+        if main_rank:
+            check_out(out, force)
+    if history_path is not None and main_rank:
+        check_out(history_path, force, what="--history")
+    config = sparsekit.Method(method, method_options)
+
+    data = load_data(data_spec, trust_pickle=trust_pickle)
+    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    resuming = resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists()
+    if ticket_path is not None:
+        ticket = sparsekit.apply_ticket(net, ticket_path)
+    elif resuming:
+        ticket = None  # the checkpoint's ticket is attached by fit_weak
+    else:
+        ticket = sparsekit.prune(net, config, density, seed=seed, flow=flow.lower(), dense=dense, exact=exact)
+    if main_rank and not no_progress and ticket is not None:
+        t = ticket.report().totals
+        stdout_console().print(
+            f"{data.name}: {len(data.train):,} train / {len(data.test) if data.test is not None else 0:,} test; "
+            f"{t['method']} density {t['target_density']:.4g} (realised {t['realised_density']:.4g}, "
+            f"{t['nonzeros']:,} of {t['params']:,} weights), flow repair added {t['edges_added']:,} edges",
+            markup=False)
+    history = sparsekit.fit_weak(
+        net, data.train, eval_data=data.test, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        batch_size=batch_size, schedule=schedule, amp=_AMP[amp], device=device,
+        seed=seed if train_seed is None else train_seed, checkpoint_dir=checkpoint_dir, resume=resume,
+        progress=not no_progress, num_workers=num_workers)
+    if not main_rank:
+        return
+    ticket = sparsekit.ticket_of(net)
+    notes = []
+    if out is not None and ticket is not None:
+        sparsekit.save_ticket(ticket, out, weights="kept", model=net, overwrite=force,
+                              weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
+        notes.append(f"weak ticket written to {out}, {size_text(out.stat().st_size)}")
+    if history_path is not None:
+        history.to_json(history_path)
+        notes.append(f"history written to {history_path}")
+    last = history[-1] if history else None
+    if last is not None:
+        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
+            f"train accuracy {last.train_acc:.4f}"
+        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
+                               markup=False)

@@ -1,0 +1,87 @@
+"""``sparsekit fit weak``: trains, writes a weak ticket that reproduces the model, resumes, refuses mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cli_helpers import error_line, run
+
+import sparsekit
+from sparsekit.data import digits
+from sparsekit.models import mlp
+
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+
+
+def test_fit_weak_digits_writes_a_weak_ticket(tmp_path):
+    out, hist = tmp_path / "weak.safetensors", tmp_path / "h.json"
+    r = run("fit", "weak", "--data", "digits", "--density", "0.05", "--epochs", "3", "-o", out, "--history", hist,
+            "--seed", "2")
+    assert r.exit_code == 0, r.output
+    assert "trained 3 epochs: test accuracy" in r.output and "weak ticket written to" in r.output
+    assert r.output.count("epoch ") >= 3
+    history = json.loads(hist.read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+
+    # the ticket alone rebuilds the trained model: same masks (from seed 2), same weights, same accuracy
+    ticket = sparsekit.load_ticket(out)
+    assert ticket.method == "er-balanced" and ticket.seed == 2 and ticket.weights
+    model = mlp()
+    sparsekit.apply_ticket(model, ticket)
+    model.eval()
+    x, y = digits(train=False).tensors
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(history[-1]["eval_acc"], abs=1e-6)
+
+
+def test_fit_weak_resume_and_ticket_input(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["fit", "weak", "--data", "synthetic:n=64,shape=16,num_classes=4", "--density", "0.2", "--epochs", "2",
+            "--batch-size", "16", "--checkpoint-dir", ck, "--no-progress"]
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    assert (ck / "checkpoint.pt").exists()
+    r = run(*args)  # same folder again without --resume: refused, nothing overwritten
+    assert "--resume" in error_line(r, 1) or "resume=True" in error_line(r, 1)
+    r = run(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "trained 2 epochs" in r.output
+
+    t = tmp_path / "t.safetensors"
+    assert run("fit", "weak", "--data", "synthetic:n=64,shape=16,num_classes=4", "--density", "0.2", "--epochs", "1",
+               "-o", t, "--no-progress").exit_code == 0
+    r = run("fit", "weak", "--data", "synthetic:n=64,shape=16,num_classes=4", "--ticket", t, "--epochs", "1",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+
+
+def test_fit_weak_conv_model_from_data_shape(tmp_path):
+    r = run("fit", "weak", "--model", "sparsekit:resnet20", "--data", "synthetic:n=32,n_test=16", "--density", "0.1",
+            "--epochs", "1", "--batch-size", "16", "--no-progress")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--data", "digits", "--epochs", "1"], "give --density"),
+    (["--data", "digits", "--density", "0.1", "--ticket", "x.safetensors"], "--ticket brings its own masks"),
+    (["--data", "digits", "--density", "0.1", "--resume"], "--resume needs --checkpoint-dir"),
+    (["--data", "digits", "--density", "0.1", "-o", "w.pt"], "must end in .safetensors"),
+    (["--data", "nowhere:/x", "--density", "0.1"], "nowhere"),
+    (["--data", "synthetic", "--density", "0.1"], "--model is required"),
+    (["--data", "digits", "--density", "2"], "--density"),
+    (["--data", "cifar10:/does/not/exist", "--model", "sparsekit:resnet20", "--density", "0.1"], "cifar"),
+])
+def test_fit_weak_errors(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert needle in error_line(run("fit", "weak", *args), 1)
+
+
+def test_fit_weak_refuses_existing_output(tmp_path):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"keep me")
+    r = run("fit", "weak", "--data", "digits", "--density", "0.1", "--epochs", "1", "-o", out)
+    assert "exists" in error_line(r, 1)
+    assert out.read_bytes() == b"keep me"
