@@ -24,3 +24,23 @@ def test_tickets_example_runs(tmp_path):
     assert "masks rebuilt from the seed are identical: True" in out
     assert "identical logits: True" in out
     assert (tmp_path / "mlp-er.safetensors").stat().st_size < 4096
+
+
+def test_own_loop_example_keeps_masks():
+    out = subprocess.run([sys.executable, str(ROOT / "examples/own_loop.py"), "--epochs", "3"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "AdamW: test accuracy" in out
+    assert out.count("masked weights still zero: True") == 3
+    assert "after a manual write: masked weights zero: False" in out  # the example's check can fail
+
+
+def test_weak_digits_example_runs(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "examples/weak_digits.py"), "--methods", "er-uniform", "er-erk",
+                          "--densities", "0.05", "--seeds", "1", "--epochs", "4", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    rows = [ln.split() for ln in out.splitlines() if ln.strip().startswith("0.05")]
+    assert [r[1] for r in rows] == ["er-uniform", "er-erk"]
+    import json
+
+    runs = json.loads((tmp_path / "r.json").read_text())
+    assert len(runs) == 4 and all(r["test_acc"] > 0.5 for r in runs)
