@@ -35,11 +35,11 @@ def test_own_loop_example_keeps_masks():
 
 
 def test_weak_digits_example_runs(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "examples/weak_digits.py"), "--methods", "er-uniform", "er-erk",
-                          "--densities", "0.05", "--seeds", "1", "--epochs", "4", "--out", str(tmp_path / "r.json")],
+    out = subprocess.run([sys.executable, str(ROOT / "examples/weak_digits.py"), "--methods", "er-erk", "er-balanced",
+                          "--densities", "0.05", "--seeds", "1", "--epochs", "12", "--out", str(tmp_path / "r.json")],
                          capture_output=True, text=True, check=True, timeout=300).stdout
     rows = [ln.split() for ln in out.splitlines() if ln.strip().startswith("0.05")]
-    assert [r[1] for r in rows] == ["er-uniform", "er-erk"]
+    assert [r[1] for r in rows] == ["er-erk", "er-balanced"]
     import json
 
     runs = json.loads((tmp_path / "r.json").read_text())
