@@ -52,7 +52,9 @@ def fit_weak(
             left on ``device``). An unpruned model trains dense, with a warning.
         train_data: a Dataset of ``(input, target)`` pairs or a DataLoader. Datasets are batched
             with a per-epoch permutation drawn from ``seed`` (the same one torch's DistributedSampler
-            draws), so runs are reproducible and resumable.
+            draws), so runs are reproducible and resumable. A DataLoader is used as given (under
+            torchrun it is rebuilt with a DistributedSampler); its order is reproducible when its
+            sampler draws from torch's global RNG (the default), which is reseeded every epoch.
         epochs: number of passes over ``train_data`` (paper: 160).
         eval_data: evaluated after every epoch (loss and accuracy in the history).
         lr, momentum, weight_decay: SGD settings (paper App. A.7); ignored if ``optimizer`` is given.
@@ -67,8 +69,9 @@ def fit_weak(
         callbacks: :class:`~sparsekit.train.Callback` objects or callables ``fn(state, stats)`` run
             after each epoch; setting ``state.should_stop = True`` ends training early.
         checkpoint_dir: write ``checkpoint.pt`` and ``history.json`` here after every epoch (rank 0).
-        resume: continue from ``checkpoint_dir/checkpoint.pt``; the result is bit-identical to an
-            uninterrupted run on the same device. Starts from scratch when there is no checkpoint.
+        resume: continue from ``checkpoint_dir/checkpoint.pt`` (written after each epoch: a run
+            killed mid-epoch repeats that epoch); the result is bit-identical to an uninterrupted
+            run on the same device. Starts from scratch when there is no checkpoint.
         progress: a progress bar and one line per epoch (rank 0 only).
         loss_fn: ``(logits, targets) -> loss``; default cross-entropy.
         num_workers: DataLoader workers for Datasets; default 0 on CPU and up to 8 per GPU.
