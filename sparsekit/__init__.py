@@ -27,7 +27,7 @@ from .formats.errors import TicketError
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
 from .ticket import LayerRecord, Report, Ticket
-from .train import Callback, History, fit_weak
+from .train import Callback, History, fit_strong, fit_weak
 
 _SUBMODULES = ("models", "data")
 
@@ -65,6 +65,7 @@ __all__ = [
     "mask_gradients",
     "ticket_of",
     "fit_weak",
+    "fit_strong",
     "History",
     "Callback",
     "find_layers",

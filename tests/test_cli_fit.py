@@ -85,3 +85,35 @@ def test_fit_weak_refuses_existing_output(tmp_path):
     r = run("fit", "weak", "--data", "digits", "--density", "0.1", "--epochs", "1", "-o", out)
     assert "exists" in error_line(r, 1)
     assert out.read_bytes() == b"keep me"
+
+
+def test_fit_strong_digits_ticket_rebuilds_the_network(tmp_path):
+    out = tmp_path / "strong.safetensors"
+    r = run("fit", "strong", "--data", "digits", "--model", "sparsekit:mlp:hidden=(128,128)", "--er-density", "0.5",
+            "--density", "0.2", "--levels", "2", "--epochs-per-level", "2", "--batch-size", "64", "-o", out,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "strong ticket density 0.2" in r.output and "trained 4 epochs" in r.output
+    ticket = sparsekit.load_ticket(out)
+    assert ticket.kind == "strong" and ticket.init["scheme"] == "signed-kaiming-constant"
+    assert not any(k.startswith("kept/") for k in ticket.weights)  # no weight values of masked layers
+    model = mlp(hidden=(128, 128))
+    sparsekit.apply_ticket(model, out)
+    model.eval()
+    x, y = digits(train=False).tensors
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    acc_line = r.output.split("test accuracy ")[1].split(";")[0]
+    assert acc == pytest.approx(float(acc_line), abs=1e-4)
+    info = run("info", out)
+    assert info.exit_code == 0 and "strong" in info.output
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--data", "digits", "--density", "0.6", "--er-density", "0.5"], "must not exceed --er-density"),
+    (["--data", "digits", "--density", "0.1", "--train-seed", "3"], "one --seed"),
+    (["--data", "digits"], "Missing option"),
+])
+def test_fit_strong_errors(args, needle):
+    r = run("fit", "strong", *args)
+    assert r.exit_code != 0 and needle in r.output

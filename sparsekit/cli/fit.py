@@ -5,9 +5,13 @@ Example::
     sparsekit fit weak --model sparsekit:vgg16 --data cifar10:~/data/cifar10 --method er-balanced \\
         --density 0.01 --epochs 160 --checkpoint-dir runs/vgg16 -o vgg16-weak.safetensors
     sparsekit fit weak --data digits --density 0.05 --epochs 30 -o digits.safetensors
+    sparsekit fit strong --model sparsekit:resnet18 --data cifar10:~/data --er-density 0.5 --density 0.1 \\
+        --levels 5 --epochs-per-level 100 -o strong.safetensors
 
 ``fit weak`` prunes the model (or applies ``--ticket``), trains it with :func:`sparsekit.fit_weak`
-and writes a weak ticket with the kept weights. Under ``torchrun`` every rank trains and rank 0 writes.
+and writes a weak ticket with the kept weights; ``fit strong`` runs :func:`sparsekit.fit_strong` and
+writes a strong ticket (mask bits, init seed, unmasked state). Under ``torchrun`` every rank trains
+and rank 0 writes.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ _AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
 
 @click.group("fit", context_settings={"help_option_names": ["-h", "--help"]})
 def fit() -> None:
-    """Train tickets: 'weak' trains the kept weights inside fixed ER masks (paper §2.2)."""
+    """Train tickets: 'weak' trains the kept weights inside fixed ER masks (paper §2.2); 'strong' finds a
+    subnetwork of frozen random weights inside an ER network with edge-popup (paper §2.1)."""
 
 
 def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
@@ -54,69 +59,49 @@ def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: 
     return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
 
 
-@fit.command("weak", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_spec", metavar="SPEC", default=None,
-              help="sparsekit:NAME (vgg16, vgg19, resnet18, resnet50, resnet20, resnet110, mlp; num_classes is "
-                   "taken from the data), torchvision:NAME, package.module:factory or a model file. "
-                   "Default for digits: sparsekit:mlp (64-512-512-10).")
-@click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow pickled model files and pickled CIFAR batches that fail the official checksums.")
-@click.option("--data", "data_spec", metavar="SPEC", required=True,
-              help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
-                   "is downloaded.")
-@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
-              help="Layerwise density scheme (see 'sparsekit methods').")
-@click.option("-d", "--density", type=DensityType(), default=None,
-              help="Global fraction of weights to keep, in (0, 1]. Required unless --ticket.")
-@click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
-              help="Seed of the masks (and of training unless --train-seed).")
-@click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
-              show_default=True, help="Flow preservation.")
-@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
-              help="Option of the method (repeatable).")
-@click.option("--dense", multiple=True, metavar="NAME", help="Keep this layer dense (repeatable).")
-@click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
-@click.option("--ticket", "ticket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Train the masks of this ticket file instead of pruning.")
-@click.option("--epochs", type=click.IntRange(1), default=160, show_default=True, help="Paper: 160.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True)
-@click.option("--momentum", type=click.FloatRange(0), default=0.9, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per process.")
-@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default="multistep",
-              show_default=True, help="multistep: lr x0.1 at 50% and 75% of the epochs (paper App. A.7).")
-@click.option("--amp", type=click.Choice(sorted(_AMP)), default="auto", show_default=True,
-              help="auto: bf16 on GPUs that support it, off on the CPU.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--train-seed", type=click.IntRange(0, 2**63 - 1), default=None, metavar="INT",
-              help="Seed of the data order and augmentation (default: --seed).")
-@click.option("--num-workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: auto).")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write checkpoint.pt and history.json here after every epoch.")
-@click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (exactly).")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Write the weak ticket (masks plus kept weights) to FILE.safetensors.")
-@force_option("Replace FILE given to --out if it exists.")
-@click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
-              help="Store the ticket's floating-point weights in half precision.")
-@click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the per-epoch history as JSON to this file.")
-@click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines.")
-def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, method: str,
-         density: float | None, seed: int, flow: str, method_options: dict[str, Any], dense: tuple[str, ...],
-         exact: bool, ticket_path: Path | None, epochs: int, lr: float, momentum: float, weight_decay: float,
-         batch_size: int, schedule: str, amp: str, device: str, train_seed: int | None, num_workers: int | None,
-         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights_dtype: str | None,
-         history_path: Path | None, no_progress: bool) -> None:
-    """Prune a model and train its kept weights: a weak lottery ticket (paper §2.2, App. A.7)."""
-    from sparsekit.data import load_data
+def _common_options(fn):
+    """Options shared by ``fit weak`` and ``fit strong`` (model, data, optimiser, device, checkpoints, output)."""
+    for opt in reversed([
+        click.option("--model", "model_spec", metavar="SPEC", default=None,
+                     help="sparsekit:NAME (vgg16, vgg19, resnet18, resnet50, resnet20, resnet110, mlp; num_classes "
+                          "is taken from the data), torchvision:NAME, package.module:factory or a model file. "
+                          "Default for digits: sparsekit:mlp (64-512-512-10)."),
+        click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file."),
+        click.option("--trust-pickle", is_flag=True,
+                     help="Allow pickled model files and pickled CIFAR batches that fail the official checksums."),
+        click.option("--data", "data_spec", metavar="SPEC", required=True,
+                     help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
+                          "is downloaded."),
+        click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
+                     help="Seed of the masks and weights (and of training unless --train-seed)."),
+        click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False),
+                     default="repair", show_default=True, help="Flow preservation of the ER mask."),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True),
+        click.option("--momentum", type=click.FloatRange(0), default=0.9, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per process."),
+        click.option("--amp", type=click.Choice(sorted(_AMP)), default="auto", show_default=True,
+                     help="auto: bf16 on GPUs that support it, off on the CPU."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+        click.option("--train-seed", type=click.IntRange(0, 2**63 - 1), default=None, metavar="INT",
+                     help="Seed of the data order and augmentation (default: --seed)."),
+        click.option("--num-workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: auto)."),
+        click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Write checkpoint.pt and history.json here after every epoch."),
+        click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (exactly)."),
+        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+                     help="Write the ticket to FILE.safetensors."),
+        force_option("Replace FILE given to --out if it exists."),
+        click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Write the per-epoch history as JSON to this file."),
+        click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines."),
+    ]):
+        fn = opt(fn)
+    return fn
 
-    main_rank = int(os.environ.get("RANK", "0") or 0) == 0
-    if ticket_path is None and density is None:
-        raise UserError("give --density (the fraction of weights to keep, e.g. 0.01) or --ticket FILE")
-    if ticket_path is not None and (density is not None or method_options or dense or exact):
-        raise UserError("--ticket brings its own masks; drop --density/--option/--dense/--exact")
+
+def _check_outputs(out: Path | None, history_path: Path | None, force: bool, resume: bool,
+                   checkpoint_dir: Path | None, main_rank: bool) -> None:
     if resume and checkpoint_dir is None:
         raise UserError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
     if out is not None:
@@ -126,6 +111,56 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
             check_out(out, force)
     if history_path is not None and main_rank:
         check_out(history_path, force, what="--history")
+
+
+def _finish(history: Any, notes: list[str], history_path: Path | None) -> None:
+    if history_path is not None:
+        history.to_json(history_path)
+        notes.append(f"history written to {history_path}")
+    last = history[-1] if history else None
+    if last is not None:
+        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
+            f"train accuracy {last.train_acc:.4f}"
+        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
+                               markup=False)
+
+
+def _main_rank() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+@fit.command("weak", context_settings={"help_option_names": ["-h", "--help"]})
+@_common_options
+@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme (see 'sparsekit methods').")
+@click.option("-d", "--density", type=DensityType(), default=None,
+              help="Global fraction of weights to keep, in (0, 1]. Required unless --ticket.")
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+              help="Option of the method (repeatable).")
+@click.option("--dense", multiple=True, metavar="NAME", help="Keep this layer dense (repeatable).")
+@click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
+@click.option("--ticket", "ticket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Train the masks of this ticket file instead of pruning.")
+@click.option("--epochs", type=click.IntRange(1), default=160, show_default=True, help="Paper: 160.")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default="multistep",
+              show_default=True, help="multistep: lr x0.1 at 50% and 75% of the epochs (paper App. A.7).")
+@click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
+              help="Store the ticket's floating-point weights in half precision.")
+def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, method: str,
+         density: float | None, seed: int, flow: str, method_options: dict[str, Any], dense: tuple[str, ...],
+         exact: bool, ticket_path: Path | None, epochs: int, lr: float, momentum: float, weight_decay: float,
+         batch_size: int, schedule: str, amp: str, device: str, train_seed: int | None, num_workers: int | None,
+         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights_dtype: str | None,
+         history_path: Path | None, no_progress: bool) -> None:
+    """Prune a model and train its kept weights: a weak lottery ticket (paper §2.2, App. A.7)."""
+    from sparsekit.data import load_data
+
+    main_rank = _main_rank()
+    if ticket_path is None and density is None:
+        raise UserError("give --density (the fraction of weights to keep, e.g. 0.01) or --ticket FILE")
+    if ticket_path is not None and (density is not None or method_options or dense or exact):
+        raise UserError("--ticket brings its own masks; drop --density/--option/--dense/--exact")
+    _check_outputs(out, history_path, force, resume, checkpoint_dir, main_rank)
     config = sparsekit.Method(method, method_options)
 
     data = load_data(data_spec, trust_pickle=trust_pickle)
@@ -157,12 +192,52 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
         sparsekit.save_ticket(ticket, out, weights="kept", model=net, overwrite=force,
                               weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
         notes.append(f"weak ticket written to {out}, {size_text(out.stat().st_size)}")
-    if history_path is not None:
-        history.to_json(history_path)
-        notes.append(f"history written to {history_path}")
-    last = history[-1] if history else None
-    if last is not None:
-        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
-            f"train accuracy {last.train_acc:.4f}"
-        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
-                               markup=False)
+    _finish(history, notes, history_path)
+
+
+@fit.command("strong", context_settings={"help_option_names": ["-h", "--help"]})
+@_common_options
+@click.option("-d", "--density", type=DensityType(), required=True, help="Final global density of the strong ticket.")
+@click.option("--er-density", type=DensityType(), default=0.5, show_default=True,
+              help="Density of the ER source network (1 = plain edge-popup on a dense source).")
+@click.option("--er-method", type=MethodType(), default="er-uniform", show_default=True,
+              help="Layerwise scheme of the ER source (paper Table 1: uniform).")
+@click.option("--final-method", type=MethodType(), default=None,
+              help="Layerwise scheme of the final densities (default: --er-method).")
+@click.option("--levels", type=click.IntRange(1), default=5, show_default=True, help="Annealing levels (paper: 5).")
+@click.option("--epochs-per-level", type=click.IntRange(1), default=100, show_default=True, help="Paper: 100.")
+@click.option("--init", type=click.Choice(["signed-kaiming-constant", "kaiming-normal", "kaiming-uniform"]),
+              default="signed-kaiming-constant", show_default=True, help="Frozen weights, drawn from the seed.")
+@click.option("--scale-fan", is_flag=True, help="Scale the init's fan-in by the layer's final density.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="cosine: restarted at every level.")
+def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
+           lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
+           train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
+           out: Path | None, force: bool, history_path: Path | None, no_progress: bool, density: float,
+           er_density: float, er_method: str, final_method: str | None, levels: int, epochs_per_level: int,
+           init: str, scale_fan: bool, schedule: str) -> None:
+    """Find a strong lottery ticket inside an ER network with edge-popup (paper §2.1, App. A.7, A.9)."""
+    from sparsekit.data import load_data
+
+    main_rank = _main_rank()
+    _check_outputs(out, history_path, force, resume, checkpoint_dir, main_rank)
+    if train_seed is not None and train_seed != seed:
+        raise UserError("fit strong uses one --seed for the ER mask, the weights, the scores and the data order")
+    if density > er_density:
+        raise UserError(f"--density {density} must not exceed --er-density {er_density}")
+    data = load_data(data_spec, trust_pickle=trust_pickle)
+    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    ticket = sparsekit.fit_strong(
+        net, data.train, eval_data=data.test, density=density, er_density=er_density, er_method=er_method,
+        final_method=final_method, levels=levels, epochs_per_level=epochs_per_level, init=init, scale_fan=scale_fan,
+        lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, schedule=schedule,
+        amp=_AMP[amp], device=device, seed=seed, flow=None if flow.lower() == "none" else flow.lower(),
+        checkpoint_dir=checkpoint_dir, resume=resume, progress=not no_progress, num_workers=num_workers)
+    if not main_rank:
+        return
+    notes = [f"strong ticket density {ticket.realised_density:.4g} inside an ER source of density {er_density:g}"]
+    if out is not None:
+        sparsekit.save_ticket(ticket, out, overwrite=force)
+        notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
+    _finish(ticket.history, notes, history_path)

@@ -133,14 +133,19 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
     """The bytes :func:`save_ticket` writes (arguments as there); used to embed tickets in checkpoints."""
     if not isinstance(ticket, Ticket):
         raise TypeError(f"ticket must be a sparsekit.Ticket, got {type(ticket).__name__}")
-    if weights not in (None, "kept"):
-        raise ValueError(f"weights must be None or 'kept', got {weights!r}")
+    if weights not in (None, "kept", "state"):
+        raise ValueError(f"weights must be None, 'kept' or 'state', got {weights!r}")
     if ticket.kind not in KINDS:
         raise ValueError(f"ticket kind {ticket.kind!r} unknown; expected one of {KINDS}")
+    if weights == "state" and ticket.init is None:
+        raise ValueError("weights='state' stores no masked weights, so it needs a ticket whose weights are rebuilt "
+                         "from its init seed (a strong ticket); use weights='kept'")
     if model is None and ticket.model_ref is not None:
         model = ticket.model_ref()
-    if weights == "kept" and model is None:
-        raise ValueError("weights='kept' needs the model: the pruned model is gone; pass model=...")
+    if weights is None and ticket.init is not None and model is not None:
+        weights = "state"  # a strong ticket reproduces its network only with the unmasked state (BN statistics)
+    if weights is not None and model is None:
+        raise ValueError(f"weights={weights!r} needs the model: the pruned model is gone; pass model=...")
     layouts = dict(ticket.layouts)
     if ticket.kind == "er" and any(r.fqn not in layouts for r in ticket.layers if r.target_density < 1):
         raise ValueError("this er ticket lacks layer layouts and cannot be rebuilt from its seed")
@@ -177,8 +182,8 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
     fp = ticket.file_fingerprint or (model_fingerprint(model) if model is not None else None)
     if fp is not None:
         meta["fingerprint"] = fp
-    if weights == "kept":
-        meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors)
+    if weights is not None:
+        meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors, kept=weights == "kept")
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "sparsekit_version": __version__,
         "kind": ticket.kind, "ticket": json.dumps(meta, separators=(",", ":"), sort_keys=True),
@@ -187,7 +192,7 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
 
 
 def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None,
-                     tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+                     tensors: dict[str, torch.Tensor], *, kept: bool = True) -> dict[str, Any]:
     masked = {r.fqn for r in ticket.layers if r.fqn in ticket.compact_masks}
     aliases = {a for r in ticket.layers for a in r.aliases}
     sd = model.state_dict(keep_vars=False)
@@ -199,6 +204,8 @@ def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None
     for fqn in masked:
         if fqn not in sd:
             raise TicketError(f"the model has no state_dict entry {fqn!r} for the ticket's layer")
+        if not kept:
+            continue
         cm = ticket.compact_masks[fqn]
         flat = sd[fqn].reshape(-1)
         tensors[f"kept/{fqn}"] = cast(flat.index_select(0, cm.kept_indices().to(flat.device))).contiguous()
@@ -206,7 +213,7 @@ def _collect_weights(ticket: Ticket, model: nn.Module, dtype: torch.dtype | None
         if key in masked or key in aliases:
             continue
         tensors[f"state/{key}"] = cast(value).contiguous()
-    return {"mode": "kept", "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
+    return {"mode": "kept" if kept else "state", "dtype": None if dtype is None else str(dtype).replace("torch.", "")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,7 +415,12 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") 
     ticket.init = t.get("init")
     ticket.file_fingerprint = t.get("fingerprint")
     if "weights" in t:
-        ticket.weights = _collect_loaded_weights(h.path, raw, masks, h.records)
+        mode = t["weights"].get("mode")
+        if mode not in ("kept", "state"):
+            raise TicketError(f"{h.path}: unknown weights mode {mode!r} (this sparsekit reads 'kept' and 'state')")
+        if mode == "state" and ticket.init is None:
+            raise TicketError(f"{h.path}: weights mode 'state' without 'init': the masked weights cannot be rebuilt")
+        ticket.weights = _collect_loaded_weights(h.path, raw, masks, h.records, kept=mode == "kept")
     return ticket
 
 
@@ -462,10 +474,10 @@ def _decode_layer(row: dict[str, Any], raw: dict[str, torch.Tensor], fqn: str, s
 
 
 def _collect_loaded_weights(path: Path, raw: dict[str, torch.Tensor], masks: dict[str, CompactMask],
-                            records: list[LayerRecord]) -> dict[str, torch.Tensor]:
+                            records: list[LayerRecord], *, kept: bool = True) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for r in records:
-        if r.fqn not in masks:
+        if r.fqn not in masks or not kept:
             continue
         vals = raw.get(f"kept/{r.fqn}")
         if vals is None or vals.dim() != 1 or vals.numel() != masks[r.fqn].nnz:
@@ -524,11 +536,40 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     weights = getattr(ticket, "weights", None)
     if weights:
         _check_weights(model, ticket, weights)
+    if ticket.init is not None:
+        _init_weights(model, ticket)
+    if weights:
         _load_weights(model, ticket, weights)
     attach(model, ticket.compact_masks)
     ticket.model_ref = weakref.ref(model)
     _remember_ticket(model, ticket)
     return ticket
+
+
+@torch.no_grad()
+def _init_weights(model: nn.Module, ticket: Ticket) -> None:
+    """Re-draw the masked weights of a ticket with ``init`` from the counter RNG (TICKET.md §9.5)."""
+    from ..init import INIT_SCHEMES, init_weight
+
+    init = ticket.init or {}
+    scheme = init.get("scheme")
+    if scheme not in INIT_SCHEMES:
+        raise TicketError(f"ticket init scheme {scheme!r} unknown; this sparsekit knows {INIT_SCHEMES}")
+    try:
+        seed = int(init.get("seed", ""))
+    except ValueError:
+        raise TicketError(f"ticket init seed {init.get('seed')!r} is not an integer") from None
+    scale_fan = init.get("scale_fan", False)
+    if not isinstance(scale_fan, bool):
+        raise TicketError(f"ticket init scale_fan must be true or false, got {scale_fan!r}")
+    for r in ticket.layers:
+        layout = ticket.layouts.get(r.fqn)
+        if layout is None:
+            raise TicketError(f"ticket layer {r.fqn} has no layout; its weights cannot be rebuilt")
+        p = model.get_parameter(r.fqn)
+        d = r.nonzeros / r.numel if r.numel else 1.0
+        p.copy_(init_weight(r.fqn, tuple(p.shape), layout, scheme, seed, density=max(d, 1e-12), scale_fan=scale_fan,
+                            dtype=p.dtype, device=p.device))
 
 
 def _owner_types(model: nn.Module) -> dict[str, set[str]]:

@@ -1,6 +1,11 @@
-"""Training: weak tickets (``fit_weak``) on one shared engine (device, AMP, checkpoints, DDP)."""
+"""Training: weak (``fit_weak``) and strong (``fit_strong``) tickets on one shared engine.
+
+The engine (:mod:`sparsekit.train.engine`) handles device, AMP, progress, checkpoints and DDP.
+"""
 
 from .engine import Algorithm, Callback, EpochStats, History, TrainConfig, TrainState
+from .strong import EdgePopup, fit_strong
 from .weak import fit_weak
 
-__all__ = ["fit_weak", "Algorithm", "Callback", "EpochStats", "History", "TrainConfig", "TrainState"]
+__all__ = ["fit_weak", "fit_strong", "EdgePopup", "Algorithm", "Callback", "EpochStats", "History", "TrainConfig",
+           "TrainState"]

@@ -186,9 +186,20 @@ class Algorithm:
 
     name = "weak"
 
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once the model is on ``device``, before the optimizer is built (create state here)."""
+
     def parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         """The parameters the optimizer updates."""
         return [p for p in model.parameters() if p.requires_grad]
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls for training and evaluation (default: the model itself)."""
+        return model
+
+    def schedule(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+        """A learning-rate scheduler stepped once per epoch, or None for the config's schedule."""
+        return None
 
     def on_train_start(self, state: TrainState) -> None:
         """Called once, after the model is on its device and before DDP wrapping."""
@@ -722,11 +733,12 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
 
     model.to(device)
     state_model = model
+    algorithm.setup(model, device)
     params = list(algorithm.parameters(model))
     if not params:
         raise SparsekitError("nothing to train: the model has no parameters with requires_grad=True")
     opt = _build_optimizer(optimizer, params, cfg)
-    sched = _build_schedule(opt, cfg)
+    sched = algorithm.schedule(opt, cfg) or _build_schedule(opt, cfg)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     state = TrainState(model=state_model, optimizer=opt, config=cfg, rank=d.rank, world_size=d.world_size,
                        device=device, is_main=d.is_main)
@@ -745,12 +757,12 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
         _set_rng_state(ck["rng"], device)
         bar.note(f"resumed from {ckpath} after epoch {state.epoch}")
 
-    net: nn.Module = model
+    net: nn.Module = algorithm.wrap(model)
     if d.active:
         _check_same_masks(model, d, device)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     data_seed = _data_seed(cfg.seed)
     train = _Data(train_data, batch_size=cfg.batch_size, shuffle=True, seed=data_seed, d=d, device=device,

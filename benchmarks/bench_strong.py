@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Benchmark of ``sparsekit.fit_strong`` (edge-popup inside an ER mask): step time against two baselines.
+
+Variants, all on ``sparsekit:resnet18`` (CIFAR form, 10 classes) with synthetic 3x32x32 data and the
+paper's SGD settings, stepped in short calls (``--steps`` steps each, the first ``--warmup`` dropped)
+that alternate in rounds with a rotating order:
+
+* ``strong``: ``fit_strong(er_density=0.5, density=0.1)`` as shipped: top-k by ``torch.kthvalue``
+  selection, reusing the previous threshold when exactly k scores still reach it;
+* ``sort``: the same, with the reference GetSubnet's selection (a full ``sort`` of the scores on
+  every forward pass), swapped in by subclassing ``EdgePopup`` in this script;
+* ``dense``: ``fit_weak`` training all weights of the dense model (the cost of ordinary training).
+
+Goals: strong / dense <= 1.3 and sort / strong >= 2 (per step, medians). CPU: batch 32. On a GPU
+(when available): batch 128 with bf16 autocast. Rounds disturbed by other processes (CPU) are
+dropped. Prints a table and writes JSON (``benchmarks/results/bench_strong.json``).
+
+Usage::
+
+    python benchmarks/bench_strong.py            # ~4 min on 2 idle CPU cores
+    python benchmarks/bench_strong.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_prune import Foreign, is_noisy, machine_info, make_console, wait_for_quiet  # noqa: E402
+from bench_train import StepTimer  # noqa: E402
+
+import sparsekit  # noqa: E402
+import sparsekit.train.strong as strong_mod  # noqa: E402
+from sparsekit.data import synthetic  # noqa: E402
+from sparsekit.models import get_model  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "bench_strong.json"
+ER_DENSITY, DENSITY = 0.5, 0.1
+GOAL_VS_DENSE, GOAL_VS_SORT = 1.3, 2.0
+warnings.filterwarnings("ignore", message="fit_weak: the model carries no sparsekit masks")
+
+
+class SortEveryForward(strong_mod.EdgePopup):
+    """The reference GetSubnet: sort all scores of a layer on every forward pass."""
+
+    def current_masks(self) -> list[torch.Tensor]:
+        out = []
+        for L, s in zip(self.layers, self.scores, strict=True):
+            a = s.detach().abs()
+            idx = torch.sort(a).indices
+            m = torch.zeros_like(a, dtype=torch.bool)
+            m[idx[a.numel() - L.counts[self.level]:]] = True
+            out.append(m)
+        return out
+
+
+def one_call(variant: str, data, *, steps: int, batch: int, device: str, amp) -> tuple[list[float], float, float]:
+    torch.manual_seed(0)
+    model = get_model("resnet18", num_classes=10)
+    timer = StepTimer(device)
+    f = Foreign()
+    if variant == "dense":
+        sparsekit.fit_weak(model, data, epochs=1, batch_size=batch, device=device, amp=amp, progress=False,
+                           callbacks=[timer], num_workers=0)
+    else:
+        original = strong_mod.EdgePopup
+        strong_mod.EdgePopup = SortEveryForward if variant == "sort" else original
+        try:
+            sparsekit.fit_strong(model, data, density=DENSITY, er_density=ER_DENSITY, levels=1, epochs_per_level=1,
+                                 batch_size=batch, device=device, amp=amp, progress=False, callbacks=[timer],
+                                 num_workers=0)
+        finally:
+            strong_mod.EdgePopup = original
+    foreign, wall = f.stop()
+    return timer.times, foreign, wall
+
+
+def compare(*, batch: int, steps: int, warmup: int, rounds: int, device: str, amp, console, quiet_wait: float) -> dict:
+    variants = ("strong", "sort", "dense")
+    data = synthetic(steps * batch, shape=(3, 32, 32), num_classes=10, seed=0)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    dropped = 0
+    for r in range(rounds):
+        order = variants[r % 3:] + variants[:r % 3]
+        if device == "cpu":
+            wait_for_quiet(quiet_wait)
+        got, noisy = {}, False
+        for v in order:
+            ts, foreign, wall = one_call(v, data, steps=steps, batch=batch, device=device, amp=amp)
+            noisy = noisy or (device == "cpu" and is_noisy(foreign, wall))
+            got[v] = ts[warmup:]
+        if noisy:
+            dropped += 1
+            continue
+        for v, ts in got.items():
+            times[v].extend(ts)
+        med = {v: statistics.median(got[v]) for v in variants}
+        console.print(f"  round {r + 1}/{rounds}: strong/dense {med['strong'] / med['dense']:.3f}  "
+                      f"sort/strong {med['sort'] / med['strong']:.3f}")
+    if not times["strong"]:
+        raise SystemExit("every round was disturbed by other processes; run on an idle machine")
+    med = {v: statistics.median(t) for v, t in times.items()}
+    return {"device": device, "batch": batch, "amp": str(amp), "er_density": ER_DENSITY, "density": DENSITY,
+            "steps_per_call": steps, "warmup_dropped": warmup, "rounds": rounds, "rounds_dropped_noisy": dropped,
+            "median_step_s": med, "strong_vs_dense": med["strong"] / med["dense"],
+            "sort_vs_strong": med["sort"] / med["strong"], "step_times_s": times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--rounds", type=int, default=None, help="default 6 (quick: 1)")
+    ap.add_argument("--steps", type=int, default=None, help="default 10 (quick: 4)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--quiet-wait", type=float, default=30.0)
+    ap.add_argument("--plain", action="store_true")
+    args = ap.parse_args(argv)
+    console = make_console(args.plain)
+    rounds = args.rounds or (1 if args.quick else 6)
+    steps = args.steps or (4 if args.quick else 10)
+    results: dict = {"machine": machine_info(), "goals": {"strong_vs_dense": GOAL_VS_DENSE,
+                                                          "sort_vs_strong": GOAL_VS_SORT}, "runs": []}
+    if not args.skip_cpu:
+        console.print(f"CPU: resnet18 batch 32, {rounds} rounds x {steps} steps per variant")
+        results["runs"].append(compare(batch=32, steps=steps, warmup=min(args.warmup, steps - 1), rounds=rounds,
+                                       device="cpu", amp=None, console=console, quiet_wait=args.quiet_wait))
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        console.print(f"GPU ({torch.cuda.get_device_name()}): resnet18 batch 128 bf16")
+        results["runs"].append(compare(batch=128, steps=20 if args.quick else 60, warmup=10,
+                                       rounds=1 if args.quick else 4, device="cuda", amp="bf16", console=console,
+                                       quiet_wait=0))
+        results["gpu_device"] = torch.cuda.get_device_name()
+    else:
+        results["gpu_note"] = "no CUDA device in this run: GPU part not measured"
+    console.print("")
+    console.print(f"{'device':<7}{'batch':>6}  {'strong s/step':>14}{'sort s/step':>13}{'dense s/step':>14}"
+                  f"{'strong/dense':>14}{'goal':>6}{'sort/strong':>13}{'goal':>6}")
+    for r in results["runs"]:
+        m = r["median_step_s"]
+        console.print(f"{r['device']:<7}{r['batch']:>6}  {m['strong']:>14.4f}{m['sort']:>13.4f}{m['dense']:>14.4f}"
+                      f"{r['strong_vs_dense']:>14.3f}{GOAL_VS_DENSE:>6.1f}{r['sort_vs_strong']:>13.3f}"
+                      f"{GOAL_VS_SORT:>6.1f}")
+    if "gpu_note" in results:
+        console.print(results["gpu_note"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

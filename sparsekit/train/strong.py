@@ -1,0 +1,406 @@
+"""Strong lottery tickets: edge-popup inside an ER mask with annealed density (paper §2.1, App. A.7, A.9).
+
+The source network is an ER network: ``prune`` draws a mask at ``er_density`` (flow-preserved, from
+the seed) and the weights are re-drawn from the counter RNG with the chosen scheme
+(:mod:`sparsekit.init`) and frozen. Edge-popup (Ramanujan et al. 2020; the edge-popup appendix)
+learns one score per *ER-kept* edge; the forward pass uses, per layer, the ``k`` edges with the
+largest ``|score|`` and the gradient goes straight through the top-k selection to the scores
+(GetSubnet). ``k`` is annealed geometrically over ``levels`` levels from the ER density to the
+final density, as in the iterative edge-popup of Fischer & Burkholz (2022) the paper uses (App. A.7:
+5 levels of 100 epochs for ResNet18). ``er_density=1.0`` is plain edge-popup from a dense source
+(the baseline of Tables 12 and 14).
+
+Choices:
+
+* **Scores live only on ER-kept edges** (a flat vector per layer), so a sparse source costs memory
+  and time in proportion to its density.
+* **Top-k without sorting**: the threshold is the ``(n-k+1)``-th smallest ``|score|``
+  (``torch.kthvalue``, a selection). The previous step's threshold is tried first: if exactly ``k``
+  scores reach it, those are the top ``k`` (exact, one comparison pass); otherwise it is recomputed.
+  Ties at the threshold are broken by the lower index, so every level keeps exactly ``k`` edges.
+* **Everything else is frozen**: biases, BatchNorm affine parameters and other unmasked parameters
+  keep their values and do not train (the paper's edge-popup code learns no weights at all; with
+  affine BatchNorm left at its init of weight 1 and bias 0 this is edge-popup's non-affine BN).
+  BatchNorm running statistics are updated as usual; the ticket stores all unmasked state
+  (``weights`` mode ``state``), a few KiB, and no weight values of the masked layers.
+* **Learning rate**: cosine annealing restarted at every level (edge-popup trains with a cosine
+  schedule), or constant.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, Dataset
+
+from .._prune import prune
+from ..attach import _remember_ticket, attach, finalize, is_pruned
+from ..densities import layer_densities
+from ..errors import SparsekitError
+from ..init import INIT_SCHEMES, init_weight, uniform_from_stream
+from ..layers import LayerLayout
+from ..masks import CompactMask
+from ..rng import stream_key
+from ..ticket import LayerRecord, Ticket
+from .engine import Algorithm, History, TrainConfig, run
+
+__all__ = ["fit_strong", "EdgePopup", "level_counts", "topk_mask"]
+
+SCORE_INITS = ("kaiming-uniform", "uniform")
+
+
+def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
+    """Kept edges of one layer after each of ``levels`` levels: geometric from ``source_nnz`` to ``final_k``.
+
+    Level ``i`` (1-based) keeps ``round(source_nnz * (final_k / source_nnz) ** (i / levels))`` edges
+    (at least 1); the last level keeps exactly ``final_k``.
+    """
+    if source_nnz <= 0:
+        return [0] * levels
+    ratio = final_k / source_nnz
+    counts = [max(1, min(source_nnz, round(source_nnz * ratio ** (i / levels)))) for i in range(1, levels + 1)]
+    counts[-1] = final_k
+    return counts
+
+
+def topk_mask(scores: torch.Tensor, k: int, hint: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
+
+    ``hint`` is a previous threshold: if exactly ``k`` entries reach it, they are the answer and no
+    selection runs. Ties at the threshold keep the lowest indices, so the mask has exactly ``k`` entries.
+    """
+    n = scores.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device), scores.min() if n else scores.new_zeros(())
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device), scores.max() + 1
+    if hint is not None:
+        m = scores >= hint
+        if int(m.sum()) == k:
+            return m, hint
+    thr = torch.kthvalue(scores, n - k + 1).values
+    m = scores > thr
+    missing = k - int(m.sum())
+    if missing > 0:  # ties at the threshold: take the first ``missing`` of them
+        ties = torch.nonzero(scores == thr).flatten()[:missing]
+        m[ties] = True
+    return m, thr
+
+
+class _GetSubnet(torch.autograd.Function):
+    """Top-k selection with a straight-through gradient (edge-popup's GetSubnet)."""
+
+    @staticmethod
+    def forward(ctx: Any, mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return mask.to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
+@dataclass
+class _Layer:
+    fqn: str
+    shape: tuple[int, ...]
+    numel: int
+    kept: torch.Tensor | None  # ER-kept flat indices (None: the whole layer)
+    weights: torch.Tensor  # frozen weights at the kept positions (flat)
+    counts: list[int]  # kept edges per level
+    threshold: torch.Tensor | None = None
+
+    @property
+    def source_nnz(self) -> int:
+        return self.weights.numel()
+
+
+class _SubnetModel(nn.Module):
+    """Calls the model with each masked weight replaced by ``w * GetSubnet(|s|)``."""
+
+    def __init__(self, model: nn.Module, algo: EdgePopup) -> None:
+        super().__init__()
+        self.model = model
+        self.scores = algo.scores
+        self._algo = [algo]  # not a submodule
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.model, self._algo[0].effective_weights(), args, kwargs, strict=False,
+                               tie_weights=True)
+
+
+class EdgePopup(Algorithm):
+    """Edge-popup inside an ER mask with per-level annealing of ``k`` (see the module docstring)."""
+
+    name = "strong"
+
+    def __init__(self, masks: dict[str, CompactMask], final_counts: dict[str, int], layouts: dict[str, LayerLayout],
+                 *, levels: int, epochs_per_level: int, init: str, scale_fan: bool, score_init: str, seed: int,
+                 schedule: str) -> None:
+        self.masks, self.final_counts, self.layouts = masks, final_counts, layouts
+        self.levels, self.epochs_per_level = levels, epochs_per_level
+        self.init, self.scale_fan, self.score_init, self.seed, self.sched = init, scale_fan, score_init, seed, schedule
+        self.layers: list[_Layer] = []
+        self.scores = nn.ParameterList()
+        self.level = 0
+        self.threshold_hits = 0
+        self.selections = 0
+
+    # -- setup -----------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        self.layers = []
+        self.scores = nn.ParameterList()
+        for fqn, cm in self.masks.items():
+            p = model.get_parameter(fqn)
+            numel = p.numel()
+            kept = None if cm.nnz == numel else cm.kept_indices().to(device)
+            flat = p.detach().reshape(-1)
+            w = flat if kept is None else flat.index_select(0, kept)
+            counts = level_counts(cm.nnz, self.final_counts[fqn], self.levels)
+            self.layers.append(_Layer(fqn, tuple(p.shape), numel, kept, w.clone(), counts))
+            fan = max(1, numel // p.shape[self.layouts[fqn].out_axis])
+            key = stream_key(self.seed, fqn, "scores")
+            if self.score_init == "kaiming-uniform":  # edge-popup: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+                bound = 1.0 / math.sqrt(fan)
+                s = uniform_from_stream(key, cm.nnz, -bound, bound, dtype=p.dtype, device=device)
+            else:
+                s = uniform_from_stream(key, cm.nnz, 0.0, 1.0, dtype=p.dtype, device=device)
+            self.scores.append(nn.Parameter(s))
+        self._wrapped = None
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return list(self.scores)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return _SubnetModel(model, self)
+
+    def schedule(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
+        E = self.epochs_per_level
+        if self.sched == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.5 * (1 + math.cos(math.pi * (e % E) / E)))
+
+    # -- the forward pass ------------------------------------------------------------------------
+    def current_masks(self) -> list[torch.Tensor]:
+        """Bool masks over each layer's ER-kept edges at the current level."""
+        out = []
+        for L, s in zip(self.layers, self.scores, strict=True):
+            with torch.no_grad():
+                m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold)
+            self.selections += 1
+            self.threshold_hits += int(L.threshold is not None and thr is L.threshold)
+            L.threshold = thr
+            out.append(m)
+        return out
+
+    def effective_weights(self) -> dict[str, torch.Tensor]:
+        params = {}
+        for L, s, m in zip(self.layers, self.scores, self.current_masks(), strict=True):
+            vals = L.weights * _GetSubnet.apply(m, s.abs())
+            if L.kept is None:
+                params[L.fqn] = vals.view(L.shape)
+            else:
+                params[L.fqn] = torch.zeros(L.numel, dtype=vals.dtype, device=vals.device).index_put(
+                    (L.kept,), vals).view(L.shape)
+        return params
+
+    # -- levels ----------------------------------------------------------------------------------
+    def on_epoch_end(self, state: Any) -> dict[str, float]:
+        done = state.epoch + 1  # epochs finished, this one included
+        level_now = min(self.levels - 1, done // self.epochs_per_level)
+        kept = sum(L.counts[self.level] for L in self.layers)
+        total = sum(L.numel for L in self.layers)
+        stats = {"level": float(self.level + 1), "density": kept / total if total else 1.0}
+        if level_now != self.level:
+            self.level = level_now
+            for L in self.layers:
+                L.threshold = None
+        return stats
+
+    def final_masks(self) -> dict[str, CompactMask]:
+        """The masks of the last level as full-size CompactMasks."""
+        saved = self.level
+        self.level = self.levels - 1
+        try:
+            out = {}
+            for L, m in zip(self.layers, self.current_masks(), strict=True):
+                idx = torch.nonzero(m).flatten()
+                kept = idx if L.kept is None else L.kept.index_select(0, idx)
+                kept = torch.sort(kept.cpu()).values
+                dense = torch.zeros(L.numel, dtype=torch.bool)
+                dense[kept] = True
+                out[L.fqn] = CompactMask.from_bool(dense.view(L.shape))
+            return out
+        finally:
+            self.level = saved
+
+    def ticket(self, model: nn.Module) -> Any:
+        return None  # the ER mask and the scores are in state_dict(); the strong ticket is built at the end
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "scores": [s.detach().cpu() for s in self.scores]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.level = int(state["level"])
+        with torch.no_grad():
+            for s, v in zip(self.scores, state["scores"], strict=True):
+                if s.shape != v.shape:
+                    raise SparsekitError("the checkpoint's scores do not fit this ER source: resume with the same "
+                                         "er_method, er_density and seed")
+                s.copy_(v)
+        for L in self.layers:
+            L.threshold = None
+
+
+def fit_strong(
+    model: nn.Module,
+    train_data: Dataset | DataLoader,
+    *,
+    density: float,
+    epochs_per_level: int,
+    er_density: float = 0.5,
+    er_method: str = "er-uniform",
+    final_method: str | None = None,
+    levels: int = 5,
+    init: str = "signed-kaiming-constant",
+    scale_fan: bool = False,
+    score_init: str = "kaiming-uniform",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    schedule: str = "cosine",
+    eval_data: Dataset | DataLoader | None = None,
+    device: str | torch.device = "auto",
+    amp: str | None = "auto",
+    seed: int = 0,
+    flow: str | None = "repair",
+    callbacks: Sequence[Any] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    num_workers: int | None = None,
+) -> Ticket:
+    """Find a strong lottery ticket inside an ER network with edge-popup (paper §2.1, Table 1; App. A.7, A.9).
+
+    The model's masked weights are re-drawn from ``seed`` with ``init`` and never trained; only
+    edge scores are. Afterwards the model carries the final strong mask (``sparsekit.is_pruned``),
+    its weights are the seed-drawn ones, and the returned ticket rebuilds it exactly:
+    ``apply_ticket(fresh_model, ticket)`` gives the same logits.
+
+    Args:
+        model: an unpruned model (the ER source mask is drawn here).
+        train_data: Dataset or DataLoader of ``(input, target)``.
+        density: final global density of the strong ticket.
+        epochs_per_level: epochs trained at each density level (paper: 100).
+        er_density: density of the ER source network; 1.0 is plain edge-popup on a dense source.
+        er_method: layerwise scheme of the ER source (paper Table 1: uniform).
+        final_method: layerwise scheme of the final per-layer densities (default ``er_method``);
+            a layer never keeps more edges than its ER source has.
+        levels: number of annealing levels (paper: 5).
+        init: ``"signed-kaiming-constant"`` (default; best in the edge-popup appendix), ``"kaiming-normal"``
+            or ``"kaiming-uniform"``; drawn from the counter RNG (:mod:`sparsekit.init`).
+        scale_fan: scale the init's fan-in by the layer's final density (edge-popup's scaled variants).
+        score_init: ``"kaiming-uniform"`` (edge-popup's) or ``"uniform"`` in (0, 1).
+        lr, momentum, weight_decay, batch_size: SGD on the scores (paper App. A.7: 0.1, 0.9, 5e-4, 128).
+        schedule: ``"cosine"`` (restarted at every level) or ``"constant"``.
+        flow: flow preservation of the ER source mask (``"repair"``, ``"resample"`` or None).
+        eval_data, device, amp, seed, callbacks, checkpoint_dir, resume, progress, loss_fn, num_workers:
+            as in :func:`sparsekit.fit_weak`; the history's extra columns are ``level`` and ``density``.
+
+    Returns:
+        A Ticket of kind ``"strong"``: the final masks, ``init = {"scheme", "seed", "scale_fan"}`` and
+        (as ``ticket.history``) the training history. Save it with ``save_ticket``: the file holds
+        the mask bits and the unmasked state (BatchNorm statistics, biases), no masked weight values.
+    """
+    if is_pruned(model):
+        raise SparsekitError("fit_strong draws its own ER source mask: pass an unpruned model (or call "
+                             "sparsekit.finalize(model) first)")
+    for name, v, lo in (("density", density, 0.0), ("er_density", er_density, 0.0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= 1:
+            raise ValueError(f"{name} must be in (0, 1], got {v!r}")
+    if density > er_density:
+        raise ValueError(f"density ({density}) must not exceed er_density ({er_density}): the strong ticket is "
+                         "found inside the ER source network")
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ValueError(f"levels must be a positive int, got {levels!r}")
+    if not isinstance(epochs_per_level, int) or isinstance(epochs_per_level, bool) or epochs_per_level < 1:
+        raise ValueError(f"epochs_per_level must be a positive int, got {epochs_per_level!r}")
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
+    if score_init not in SCORE_INITS:
+        raise ValueError(f"score_init must be one of {SCORE_INITS}, got {score_init!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' (restarted each level) or 'constant', got {schedule!r}")
+    config = TrainConfig(epochs=levels * epochs_per_level, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, schedule="constant", seed=seed, amp=amp, num_workers=num_workers,
+                         device=device if isinstance(device, str) else str(device))
+
+    # the ER source network (drawn as prune draws it), then frozen seed-drawn weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        er = prune(model, er_method, er_density, seed=seed, flow=flow)
+    layouts = dict(er.layouts)
+    finalize(model)
+    final_d = layer_densities(model, final_method or er_method, density)
+    source: dict[str, CompactMask] = {}
+    final_counts: dict[str, int] = {}
+    records = {r.fqn: r for r in er.layers}
+    for r in er.layers:
+        cm = er.compact_masks.get(r.fqn) or CompactMask.from_bool(torch.ones(r.shape, dtype=torch.bool))
+        source[r.fqn] = cm
+        final_counts[r.fqn] = max(1, min(cm.nnz, round(final_d.get(r.fqn, density) * r.numel)))
+        if r.fqn not in layouts:
+            from ..layers import find_layers
+
+            layouts.update({L.fqn: L.layout for L in find_layers(model)})
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for fqn in source:
+            p = model.get_parameter(fqn)
+            d = final_counts[fqn] / p.numel()
+            p.copy_(init_weight(fqn, tuple(p.shape), layouts[fqn], init, seed, density=d, scale_fan=scale_fan,
+                                dtype=p.dtype, device=p.device))
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    algo = EdgePopup(source, final_counts, layouts, levels=levels, epochs_per_level=epochs_per_level, init=init,
+                     scale_fan=scale_fan, score_init=score_init, seed=seed, schedule=schedule)
+    try:
+        history: History = run(model, train_data, config, algorithm=algo, eval_data=eval_data, loss_fn=loss_fn,
+                               callbacks=callbacks, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires.get(n, True))
+
+    masks = algo.final_masks()
+    layers = []
+    for fqn, cm in masks.items():
+        r = records[fqn]
+        layers.append(LayerRecord(fqn, r.module_type, tuple(r.shape), cm.nnz / cm.numel, cm.nnz, aliases=r.aliases,
+                                  dtype=r.dtype))
+    total = sum(r.numel for r in layers)
+    ticket = Ticket("edge-popup", sum(r.nonzeros for r in layers) / total if total else 1.0, seed, None, True, layers,
+                    masks, {"er_method": er.method, "er_density": er_density, "er_flow": flow,
+                            "final_method": final_method or er.method, "levels": levels,
+                            "epochs_per_level": epochs_per_level, "score_init": score_init},
+                    kind="strong", sparsekit_version=er.sparsekit_version)
+    ticket.layouts = layouts
+    ticket.init = {"scheme": init, "seed": str(seed), "scale_fan": scale_fan}
+    attach(model, masks)
+    import weakref
+
+    ticket.model_ref = weakref.ref(model)
+    _remember_ticket(model, ticket)
+    ticket.history = history  # type: ignore[attr-defined]
+    return ticket
