@@ -27,7 +27,7 @@ from .formats.errors import TicketError
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
 from .ticket import LayerRecord, Report, Ticket
-from .train import Callback, History, fit_strong, fit_weak
+from .train import Callback, History, Rewirer, fit_strong, fit_weak, rewire
 
 _SUBMODULES = ("models", "data")
 
@@ -66,6 +66,8 @@ __all__ = [
     "ticket_of",
     "fit_weak",
     "fit_strong",
+    "rewire",
+    "Rewirer",
     "History",
     "Callback",
     "find_layers",

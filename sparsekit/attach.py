@@ -59,7 +59,7 @@ _ELEMENTWISE = {
 class MaskHandle:
     """The mask of one Parameter and the hooks that enforce it."""
 
-    __slots__ = ("fqn", "mask", "_copies", "grad_hook", "owners", "clean_for", "__weakref__")
+    __slots__ = ("fqn", "mask", "_copies", "grad_hook", "owners", "clean_for", "capture", "captured", "__weakref__")
 
     def __init__(self, fqn: str, mask: CompactMask) -> None:
         self.fqn = fqn
@@ -68,6 +68,8 @@ class MaskHandle:
         self.grad_hook: RemovableHandle | None = None
         self.owners: list[tuple[weakref.ref, str, RemovableHandle]] = []
         self.clean_for: weakref.WeakSet = weakref.WeakSet()  # optimizers whose state is clean
+        self.capture = False  # keep the next dense gradient (RigL's grow score) before masking it
+        self.captured: torch.Tensor | None = None
 
     def on(self, device: torch.device) -> CompactMask:
         """The mask on ``device`` (copied once, then cached)."""
@@ -88,6 +90,8 @@ def _grad_hook(p: torch.Tensor) -> None:
     h: MaskHandle | None = getattr(p, _ATTR, None)
     g = p.grad
     if h is not None and g is not None and g.layout == torch.strided:
+        if h.capture:
+            h.captured = g.detach().clone() if h.captured is None else h.captured.add_(g.detach())
         h.on(g.device).zero_pruned_(g)
 
 
@@ -248,6 +252,22 @@ def mask_gradients(model: nn.Module) -> nn.Module:
         if p.grad is not None and p.grad.layout == torch.strided:
             getattr(p, _ATTR).on(p.grad.device).zero_pruned_(p.grad)
     return model
+
+
+@torch.no_grad()
+def replace_mask(p: nn.Parameter, mask: CompactMask) -> None:
+    """Swap the mask enforced on ``p`` (rewiring) and zero the newly masked weights.
+
+    The caller is responsible for optimizer state at changed positions (``Rewirer`` resets it).
+    """
+    h: MaskHandle | None = getattr(p, _ATTR, None)
+    if h is None:
+        raise SparsekitError(f"{tuple(p.shape)} parameter carries no sparsekit mask; prune the model first")
+    if tuple(mask.shape) != tuple(p.shape):
+        raise SparsekitError(f"new mask for {h.fqn} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}")
+    h.mask = mask
+    h._copies.clear()
+    h.apply(p)
 
 
 def enforce_masks(model: nn.Module) -> nn.Module:

@@ -117,3 +117,15 @@ def test_fit_strong_digits_ticket_rebuilds_the_network(tmp_path):
 def test_fit_strong_errors(args, needle):
     r = run("fit", "strong", *args)
     assert r.exit_code != 0 and needle in r.output
+
+
+def test_fit_rewire_writes_a_rewired_ticket(tmp_path):
+    out = tmp_path / "rw.safetensors"
+    r = run("fit", "rewire", "--data", "digits", "--density", "0.05", "--final-density", "0.03", "--epochs", "3",
+            "--update-every", "5", "-o", out, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "rewired ticket density 0.03" in r.output
+    t = sparsekit.load_ticket(out)
+    assert t.kind == "rewired" and t.method_options["rewire"]["final_density"] == 0.03
+    r = run("fit", "rewire", "--data", "digits", "--epochs", "1")
+    assert "either --density" in error_line(r, 1)

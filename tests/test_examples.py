@@ -44,3 +44,18 @@ def test_weak_digits_example_runs(tmp_path):
 
     runs = json.loads((tmp_path / "r.json").read_text())
     assert len(runs) == 4 and all(r["test_acc"] > 0.5 for r in runs)
+
+
+def test_strong_and_rewire_examples_run(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "examples/strong_digits.py"), "--width", "64", "--seeds", "1",
+                          "--levels", "1", "--epochs-per-level", "2", "--inits", "signed-kaiming-constant"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "ER 0.5" in out and "dense" in out
+    out = subprocess.run([sys.executable, str(ROOT / "examples/rewire_digits.py"), "--methods", "er-erk", "--seeds",
+                          "1", "--epochs", "3", "--update-every", "5", "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "er-erk" in out
+    import json
+
+    runs = json.loads((tmp_path / "r.json").read_text())
+    assert sorted(r["training"] for r in runs) == ["fixed", "rigl", "set"]

@@ -64,3 +64,23 @@ def test_ddp_ranks_with_different_masks_fail_loudly(tmp_path):
         msg = (tmp_path / f"error-{rank}.txt").read_text()
         assert "ranks hold different masks" in msg and "same method, density" in msg
     assert not (tmp_path / "weights-0.pt").exists()
+
+
+def test_ddp_rigl_rewiring_makes_identical_decisions_on_every_rank(tmp_path):
+    r = torchrun("rewire", tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m0 = torch.load(tmp_path / "masks-0.pt")
+    m1 = torch.load(tmp_path / "masks-1.pt")
+    assert all(torch.equal(m0[k], m1[k]) for k in m0)
+    w0 = torch.load(tmp_path / "weights-0.pt")
+    w1 = torch.load(tmp_path / "weights-1.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # the masks did change: they differ from the ER masks the run started from
+    sys.path.insert(0, str(HERE))
+    try:
+        import ddp_worker as w
+    finally:
+        sys.path.remove(str(HERE))
+    er = sparsekit.prune(w.model(), method="er-erk", density=0.3, seed=7)
+    assert any(not torch.equal(er.masks[k], m0[k]) for k in m0)
+    assert json.loads((tmp_path / "updates-0.json").read_text()) > 0

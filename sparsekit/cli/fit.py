@@ -39,7 +39,8 @@ _AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
 @click.group("fit", context_settings={"help_option_names": ["-h", "--help"]})
 def fit() -> None:
     """Train tickets: 'weak' trains the kept weights inside fixed ER masks (paper §2.2); 'strong' finds a
-    subnetwork of frozen random weights inside an ER network with edge-popup (paper §2.1)."""
+    subnetwork of frozen random weights inside an ER network with edge-popup (paper §2.1); 'rewire'
+    trains while rewiring the mask with RigL or SET (paper §3, App. A.13)."""
 
 
 def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
@@ -237,6 +238,65 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
     if not main_rank:
         return
     notes = [f"strong ticket density {ticket.realised_density:.4g} inside an ER source of density {er_density:g}"]
+    if out is not None:
+        sparsekit.save_ticket(ticket, out, overwrite=force)
+        notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
+    _finish(ticket.history, notes, history_path)
+
+
+@fit.command("rewire", context_settings={"help_option_names": ["-h", "--help"]})
+@_common_options
+@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme of the initial ER mask (see 'sparsekit methods').")
+@click.option("-d", "--density", type=DensityType(), default=None,
+              help="Initial global density of the ER mask. Required unless --ticket.")
+@click.option("--ticket", "ticket_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Start from the masks of this ticket file instead of pruning.")
+@click.option("--final-density", type=DensityType(), default=None,
+              help="Prune gradually to this density while rewiring (sparse-to-sparse, paper Table 21).")
+@click.option("--rewire", "rewire_method", type=click.Choice(["rigl", "set"]), default="rigl", show_default=True,
+              help="Grow by gradient magnitude (RigL) or at random (SET).")
+@click.option("--update-every", type=click.IntRange(1), default=100, show_default=True,
+              help="Steps between mask updates (paper App. A.13: 100).")
+@click.option("--drop-fraction", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--drop-schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--stop-at", type=click.FloatRange(0, 1, min_open=True), default=0.75, show_default=True,
+              help="Fraction of training after which masks stay fixed.")
+@click.option("--no-flow-keep", "no_flow_keep", is_flag=True,
+              help="Allow updates to drop the last edge of a neuron (flow is kept by default).")
+@click.option("--epochs", type=click.IntRange(1), default=160, show_default=True, help="Paper: 160.")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine", "constant"]), default="multistep",
+              show_default=True, help="Learning-rate schedule (as fit weak).")
+def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
+               lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
+               train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
+               out: Path | None, force: bool, history_path: Path | None, no_progress: bool, method: str,
+               density: float | None, ticket_path: Path | None, final_density: float | None, rewire_method: str,
+               update_every: int, drop_fraction: float, drop_schedule: str, stop_at: float, no_flow_keep: bool,
+               epochs: int, schedule: str) -> None:
+    """Train an ER network while rewiring its mask with RigL or SET (paper §3, Table 4, App. A.13)."""
+    from sparsekit.data import load_data
+
+    main_rank = _main_rank()
+    if (ticket_path is None) == (density is None):
+        raise UserError("give either --density (the initial ER density, e.g. 0.01) or --ticket FILE")
+    _check_outputs(out, history_path, force, resume, checkpoint_dir, main_rank)
+    data = load_data(data_spec, trust_pickle=trust_pickle)
+    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    if ticket_path is not None:
+        sparsekit.apply_ticket(net, ticket_path)
+    else:
+        sparsekit.prune(net, method, density, seed=seed, flow=None if flow.lower() == "none" else flow.lower())
+    ticket = sparsekit.rewire(
+        net, data.train, eval_data=data.test, epochs=epochs, method=rewire_method, final_density=final_density,
+        update_every=update_every, drop_fraction=drop_fraction, drop_schedule=drop_schedule, stop_at=stop_at,
+        flow=not no_flow_keep, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+        schedule=schedule, amp=_AMP[amp], device=device, seed=seed if train_seed is None else train_seed,
+        checkpoint_dir=checkpoint_dir, resume=resume, progress=not no_progress, num_workers=num_workers)
+    if not main_rank:
+        return
+    updates = ticket.method_options["rewire"]
+    notes = [f"rewired ticket density {ticket.realised_density:.4g} after {updates['steps']} steps"]
     if out is not None:
         sparsekit.save_ticket(ticket, out, overwrite=force)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")

@@ -1,11 +1,12 @@
-"""Training: weak (``fit_weak``) and strong (``fit_strong``) tickets on one shared engine.
+"""Training: weak tickets (``fit_weak``), strong tickets (``fit_strong``) and rewiring (``rewire``).
 
-The engine (:mod:`sparsekit.train.engine`) handles device, AMP, progress, checkpoints and DDP.
+All three run on one engine (:mod:`sparsekit.train.engine`): device, AMP, progress, checkpoints, DDP.
 """
 
 from .engine import Algorithm, Callback, EpochStats, History, TrainConfig, TrainState
+from .rewire import SET, RewireMethod, Rewirer, RigL, rewire
 from .strong import EdgePopup, fit_strong
 from .weak import fit_weak
 
-__all__ = ["fit_weak", "fit_strong", "EdgePopup", "Algorithm", "Callback", "EpochStats", "History", "TrainConfig",
-           "TrainState"]
+__all__ = ["fit_weak", "fit_strong", "rewire", "Rewirer", "RewireMethod", "RigL", "SET", "EdgePopup", "Algorithm",
+           "Callback", "EpochStats", "History", "TrainConfig", "TrainState"]

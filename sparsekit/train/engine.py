@@ -745,12 +745,12 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
     algorithm.on_train_start(state)
 
     if ck is not None:
+        algorithm.load_state_dict(ck.get("algorithm", {}))  # first: rewired masks before the weights they keep
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         if scaler is not None and ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
-        algorithm.load_state_dict(ck.get("algorithm", {}))
         state.history = History(_stats_from_dict(s) for s in json.loads(ck["history"]))
         state.epoch = int(ck["epoch"])
         state.step = int(ck["step"])
