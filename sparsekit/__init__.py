@@ -24,6 +24,7 @@ from .errors import (
     UnsupportedLayerError,
 )
 from .formats.errors import TicketError
+from .formats.onnx import export_onnx
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
 from .ticket import LayerRecord, Report, Ticket
@@ -48,6 +49,7 @@ __all__ = [
     "save_ticket",
     "load_ticket",
     "apply_ticket",
+    "export_onnx",
     "TicketError",
     "list_methods",
     "get_method",

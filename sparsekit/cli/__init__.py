@@ -36,6 +36,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "apply": ("sparsekit.cli.ticket", "apply"),
     "verify": ("sparsekit.cli.ticket", "verify"),
     "fit": ("sparsekit.cli.fit", "fit"),
+    "export": ("sparsekit.cli.export", "export"),
+    "onnx-check": ("sparsekit.cli.export", "onnx_check"),
 }
 
 
