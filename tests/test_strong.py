@@ -128,12 +128,13 @@ def test_scores_get_straight_through_gradients():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 300), st.integers(0, 310), st.integers(0, 3), st.booleans())
-def test_topk_mask_exact_with_ties(n, k, levels_of_ties, use_hint):
+@given(st.integers(1, 300), st.integers(0, 310), st.integers(0, 3), st.booleans(),
+       st.sampled_from([0.0, 0.5, 3.0, 1e5]))
+def test_topk_mask_exact_with_ties(n, k, levels_of_ties, use_hint, width):
     g = torch.Generator().manual_seed(n * 1000 + k)
     s = torch.randint(0, 5 if levels_of_ties else 10**6, (n,), generator=g).float()
     hint = s.median() if use_hint else None
-    m, thr = topk_mask(s, k, hint)
+    m, thr = topk_mask(s, k, hint, width * (1 if levels_of_ties else 1e4))
     kk = min(max(k, 0), n)
     assert int(m.sum()) == kk
     if 0 < kk < n:

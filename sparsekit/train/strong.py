@@ -15,8 +15,10 @@ Choices:
 * **Scores live only on ER-kept edges** (a flat vector per layer), so a sparse source costs memory
   and time in proportion to its density.
 * **Top-k without sorting**: the threshold is the ``(n-k+1)``-th smallest ``|score|``
-  (``torch.kthvalue``, a selection). The previous step's threshold is tried first: if exactly ``k``
-  scores reach it, those are the top ``k`` (exact, one comparison pass); otherwise it is recomputed.
+  (``torch.kthvalue``, a selection). Scores move little between steps, so the previous threshold is
+  tried first: if exactly ``k`` scores reach it, those are the top ``k``; else, when counting shows the
+  new threshold inside a narrow band around the old one, only the band's entries are selected from
+  (its width adapts to how far the threshold moved). Both shortcuts are exact.
   Ties at the threshold are broken by the lower index, so every level keeps exactly ``k`` edges.
 * **Everything else is frozen**: biases, BatchNorm affine parameters and other unmasked parameters
   keep their values and do not train (the paper's edge-popup code learns no weights at all; with
@@ -71,22 +73,37 @@ def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
     return counts
 
 
-def topk_mask(scores: torch.Tensor, k: int, hint: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_mask(scores: torch.Tensor, k: int, hint: torch.Tensor | None = None,
+              width: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
 
-    ``hint`` is a previous threshold: if exactly ``k`` entries reach it, they are the answer and no
-    selection runs. Ties at the threshold keep the lowest indices, so the mask has exactly ``k`` entries.
+    ``hint`` is a previous threshold. If exactly ``k`` entries reach it, they are the answer. Else, with
+    ``width > 0``, the k-th largest is searched only inside the band ``[hint - width, hint + width]``
+    when counting shows it lies there (two comparison passes and a selection over the few entries of
+    the band); otherwise a full selection runs. Always exact: ties at the threshold keep the lowest
+    indices, so the mask has exactly ``k`` entries.
     """
     n = scores.numel()
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device), scores.min() if n else scores.new_zeros(())
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=scores.device), scores.max() + 1
+    thr = None
     if hint is not None:
         m = scores >= hint
-        if int(m.sum()) == k:
+        c = int(m.sum())
+        if c == k:
             return m, hint
-    thr = torch.kthvalue(scores, n - k + 1).values
+        if width > 0:
+            lo, hi = hint - width, hint + width
+            above = int((scores > hi).sum())
+            band_sel = (scores >= lo) & (scores <= hi)
+            band = scores[band_sel]
+            need = k - above  # how many of the band's largest entries complete the top k
+            if 0 < need <= band.numel():
+                thr = torch.kthvalue(band, band.numel() - need + 1).values
+    if thr is None:
+        thr = torch.kthvalue(scores, n - k + 1).values
     m = scores > thr
     missing = k - int(m.sum())
     if missing > 0:  # ties at the threshold: take the first ``missing`` of them
@@ -116,6 +133,7 @@ class _Layer:
     weights: torch.Tensor  # frozen weights at the kept positions (flat)
     counts: list[int]  # kept edges per level
     threshold: torch.Tensor | None = None
+    width: float = 0.0  # half-width of the band searched around the last threshold
 
     @property
     def source_nnz(self) -> int:
@@ -193,7 +211,9 @@ class EdgePopup(Algorithm):
         out = []
         for L, s in zip(self.layers, self.scores, strict=True):
             with torch.no_grad():
-                m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold)
+                m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width)
+                if L.threshold is not None:  # the next band: a few times the threshold's last move
+                    L.width = max(4.0 * abs(float(thr - L.threshold)), 1e-7 * abs(float(thr)))
             self.selections += 1
             self.threshold_hits += int(L.threshold is not None and thr is L.threshold)
             L.threshold = thr
@@ -221,7 +241,7 @@ class EdgePopup(Algorithm):
         if level_now != self.level:
             self.level = level_now
             for L in self.layers:
-                L.threshold = None
+                L.threshold, L.width = None, 0.0
         return stats
 
     def final_masks(self) -> dict[str, CompactMask]:
