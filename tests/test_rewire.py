@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from train_helpers import blobs
 
 import sparsekit
 from sparsekit.errors import SparsekitError
@@ -15,13 +15,6 @@ from sparsekit.train import RewireMethod, Rewirer
 from sparsekit.train.rewire import register_rewire_method
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-
-
-def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, 16, generator=torch.Generator().manual_seed(99)) * 3
-    y = torch.randint(0, 4, (n,), generator=g)
-    return TensorDataset(centers[y] + torch.randn(n, 16, generator=g), y)
 
 
 def net(seed: int = 0) -> nn.Module:
@@ -38,7 +31,7 @@ def masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_steps(model, opt, rewirer, steps, seed=0):
-    x, y = blobs(64, seed).tensors
+    x, y = blobs(64, seed=seed).tensors
     infos = []
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(x), y)

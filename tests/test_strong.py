@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
+from train_helpers import blobs as train_blobs
 
 import sparsekit
 from sparsekit.errors import SparsekitError
@@ -22,10 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 
 
 def blobs(n: int = 192, seed: int = 0) -> TensorDataset:
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(4, 16, generator=torch.Generator().manual_seed(99)) * 3
-    y = torch.randint(0, 4, (n,), generator=g)
-    return TensorDataset(centers[y] + torch.randn(n, 16, generator=g), y)
+    return train_blobs(n, seed=seed)
 
 
 def net(seed: int = 0) -> nn.Module:

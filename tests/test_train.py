@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from train_helpers import blobs
 
 import sparsekit
 from sparsekit.errors import SparsekitError
@@ -18,15 +19,6 @@ from sparsekit.train import Callback, History, TrainConfig
 from sparsekit.train.engine import CHECKPOINT_NAME, _read_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-
-
-def blobs(n: int = 256, d: int = 16, classes: int = 4, seed: int = 0) -> TensorDataset:
-    """Linearly separable-ish Gaussian blobs: a small MLP reaches high accuracy in a few epochs."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=torch.Generator().manual_seed(99)) * 3
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = centers[y] + torch.randn(n, d, generator=g)
-    return TensorDataset(x, y)
 
 
 class NoisyBlobs(Dataset):
