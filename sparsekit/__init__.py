@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from ._prune import prune
 from ._registry import Method, MethodInfo, get_method, list_methods, register_method
 from .attach import attach, enforce_masks, finalize, is_pruned, mask_gradients, masked_parameters, ticket_of
@@ -27,6 +28,7 @@ from .formats.errors import TicketError
 from .formats.onnx import export_onnx
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, find_layers, register_layer_type
+from .pruners import imp, snip, synflow
 from .ticket import LayerRecord, Report, Ticket
 from .train import Callback, History, Rewirer, fit_strong, fit_weak, rewire
 
@@ -46,6 +48,9 @@ __all__ = [
     "__version__",
     "prune",
     "layer_densities",
+    "snip",
+    "synflow",
+    "imp",
     "save_ticket",
     "load_ticket",
     "apply_ticket",

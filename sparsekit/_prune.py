@@ -13,7 +13,14 @@ from torch import nn
 from . import __version__
 from ._registry import Method
 from .attach import _remember_ticket, attach, is_pruned
-from .densities import densities_for_layers, resolve_method, validate_density
+from .densities import (
+    METHOD_DEFAULT,
+    MethodDefault,
+    default_density,
+    densities_for_layers,
+    split_inputs,
+    validate_density,
+)
 from .errors import SparsekitError
 from .flow import FLOW_MODES, repair_flow
 from .layers import FilterFn, prunable_layers
@@ -47,7 +54,7 @@ def validate_flow(flow: object) -> str | None:
 def prune(
     model: nn.Module,
     method: str | Method = "er-balanced",
-    density: float = 0.01,
+    density: float | MethodDefault = METHOD_DEFAULT,
     *,
     seed: int = 0,
     flow: str | None = "repair",
@@ -71,7 +78,8 @@ def prune(
             attached.
         method: a registered method name (``sparsekit.list_methods()``; short names such as
             ``"pyramidal"`` work) or a :class:`~sparsekit.Method`.
-        density: global fraction of kept weights in (0, 1]; 1 gives a no-op ticket.
+        density: global fraction of kept weights in (0, 1]; 1 gives a no-op ticket. Default 0.01, or
+            the method's own (er-from: the density of the source ticket).
         seed: seed of the counter RNG, an integer in [0, 2**64).
         flow: ``"repair"`` (random addition, default), ``"resample"`` (rejection sampling) or None.
         filter_fn: ``(module, module_fqn) -> bool`` choosing the layers (default: every supported
@@ -81,7 +89,10 @@ def prune(
         exact: keep exactly ``round(p_l * m_l)`` weights per layer instead of Bernoulli draws.
         device: where to draw masks (default: each weight's device; CPU for meta).
         chunk_words: RNG chunk size; results do not depend on it.
-        **options: method options, e.g. ``redistribute=False`` for er-balanced.
+        **options: method options, e.g. ``redistribute=False`` for er-balanced, and method inputs:
+            ``data=`` (a DataLoader or Dataset) for er-snip, ``ticket=`` (a Ticket or ticket file) for
+            er-from. Inputs are used to compute the layerwise densities and are not recorded in the
+            ticket; the model itself is passed to the methods that run it (er-snip, er-synflow).
 
     Returns:
         The ticket; ``ticket.report()`` gives the per-layer table with totals.
@@ -89,17 +100,20 @@ def prune(
     t0 = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    density = validate_density(density)
+    if not isinstance(density, MethodDefault):
+        density = validate_density(density)
     seed = validate_seed(seed)
     flow = validate_flow(flow)
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be True or False, got {exact!r}")
-    m = resolve_method(method, dict(options))
+    m, inputs = split_inputs(method, dict(options), model)
     layers = prunable_layers(model, filter_fn)
     if is_pruned(model):
         raise SparsekitError("the model already carries sparsekit masks; call sparsekit.finalize(model) "
                              "first to prune it again")
-    dens = densities_for_layers(layers, m, density, dense)
+    if isinstance(density, MethodDefault):
+        density = validate_density(default_density(m, layers, inputs))
+    dens = densities_for_layers(layers, m, density, dense, inputs=inputs)
     records: list[LayerRecord] = []
     masks: dict[str, CompactMask] = {}
     meta = False

@@ -4,6 +4,14 @@ A method is a function ``(layers, density, **options) -> dict[fqn, float]`` (see
 :mod:`sparsekit.densities`) registered with :func:`register_method`. ``prune`` then draws an
 Erdős–Rényi mask with these densities. Names are case-insensitive; each method may have short
 aliases (``"pyramidal"`` for ``"er-pyramidal"``).
+
+Options and inputs: a method's keyword arguments are its *options* (hyper-parameters such as
+``redistribute=False``, recorded in the ticket), except those it declares as *inputs* with
+``register_method(..., inputs=(...))``: objects the ratios are computed from, which are not recorded
+(``model``, the module being pruned, is supplied by ``prune``/``layer_densities``; ``data``, a
+DataLoader or Dataset; ``ticket``, a Ticket or ticket file). ``prune(model, "er-snip", 0.01, data=loader)``
+passes ``data`` to the scheme as an input (the ER randomisations of SNIP, SynFlow and IMP ratios,
+paper §3). A method may also give a default global density (``er-from``: the source ticket's).
 """
 
 from __future__ import annotations
@@ -20,22 +28,40 @@ from .errors import UnknownMethodError
 __all__ = ["Method", "MethodInfo", "register_method", "get_method", "list_methods"]
 
 DensityFn = Callable[..., dict[str, float]]
+DefaultDensityFn = Callable[..., float]
+
+#: Inputs a method may declare, with what the caller passes (used in error messages).
+INPUTS = {
+    "model": "the module being pruned (prune and layer_densities pass it)",
+    "data": "a DataLoader or Dataset of (input, target) batches",
+    "ticket": "a sparsekit.Ticket or the path of a ticket file",
+}
 
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered method: its canonical name, aliases, description and density function."""
+    """A registered method: its canonical name, aliases, description and density function.
+
+    Attributes:
+        inputs: keyword arguments of the density function that are inputs (``model``, ``data``,
+            ``ticket``), not options: required, passed at call time and never recorded in a ticket.
+        default_density: ``fn(layers, **inputs) -> float``, the global density used when the caller
+            gives none (``er-from``: the source ticket's); None means 0.01.
+    """
 
     name: str
     densities: DensityFn
     description: str
     aliases: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    default_density: DefaultDensityFn | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
-        """Names of the keyword options the density function accepts."""
+        """Names of the keyword options the density function accepts (its inputs excluded)."""
         params = list(inspect.signature(self.densities).parameters.values())[2:]
-        return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        return tuple(p.name for p in params
+                     if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in self.inputs)
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,11 @@ class Method:
         object.__setattr__(self, "name", info.name)
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         unknown = sorted(set(self.options) - set(info.options))
+        inputs = [k for k in unknown if k in info.inputs]
+        if inputs:
+            raise TypeError(
+                f"{', '.join(map(repr, inputs))} is an input of method {info.name!r}, not an option: pass it to "
+                f"prune or layer_densities as a keyword, e.g. prune(model, {info.name!r}, ..., {inputs[0]}=...)")
         if unknown:
             accepted = ", ".join(info.options) or "none"
             raise TypeError(
@@ -72,8 +103,18 @@ _METHODS: dict[str, MethodInfo] = {}
 _ALIASES: dict[str, str] = {}
 
 
-def register_method(name: str, *, description: str, aliases: Sequence[str] = ()) -> Callable[[DensityFn], DensityFn]:
+def register_method(name: str, *, description: str, aliases: Sequence[str] = (), inputs: Sequence[str] = (),
+                    default_density: DefaultDensityFn | None = None) -> Callable[[DensityFn], DensityFn]:
     """Decorator registering a layerwise density scheme under ``name``.
+
+    Args:
+        name: canonical name (case-insensitive).
+        description: one line for ``sparsekit methods``.
+        aliases: short names.
+        inputs: keyword arguments of the scheme that are inputs rather than options (see
+            :data:`INPUTS`): required, passed by the caller (``model`` by ``prune`` itself) and not
+            recorded in the ticket.
+        default_density: ``fn(layers, **inputs) -> float``, the global density when none is given.
 
     Example:
         >>> @register_method("er-first-dense", description="first layer dense, rest uniform")
@@ -86,7 +127,13 @@ def register_method(name: str, *, description: str, aliases: Sequence[str] = ())
         taken = [n for n in (key, *(a.lower() for a in aliases)) if n in _METHODS or n in _ALIASES]
         if taken:
             raise ValueError(f"method name(s) {taken} already registered; choose another name")
-        _METHODS[key] = MethodInfo(key, fn, description, tuple(a.lower() for a in aliases))
+        params = inspect.signature(fn).parameters
+        bad = [i for i in inputs if i not in INPUTS or i not in params]
+        if bad:
+            raise ValueError(f"inputs {bad} of method {name!r}: each input must be one of {sorted(INPUTS)} and a "
+                             "keyword argument of the density function")
+        _METHODS[key] = MethodInfo(key, fn, description, tuple(a.lower() for a in aliases), tuple(inputs),
+                                   default_density)
         for a in aliases:
             _ALIASES[a.lower()] = key
         return fn

@@ -22,20 +22,43 @@ Schemes:
 * ``er-pyramidal``: ``p_l = p_1 ** l`` for the l-th layer in module order (l = 1..L), ``p_1`` in
   ``(0, 1]`` solved so that ``sum_l p_l m_l = p sum_l m_l`` (paper §3; the function is monotone in
   ``p_1``, so bisection in float64 finds the unique root to machine precision).
+
+Schemes computed from a model, data or another ticket (``er-snip``, ``er-synflow``, ``er-from`` in
+:mod:`sparsekit._data_methods`) keep this signature and declare those as *inputs*
+(``register_method(..., inputs=("model", "data"))``): ``prune``/``layer_densities`` pass the model
+and the caller's ``data=``/``ticket=`` keywords to them; they are not recorded as options.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from torch import nn
 
-from ._registry import Method, get_method, register_method
+from ._registry import INPUTS, Method, MethodInfo, get_method, register_method
 from .errors import NoPrunableLayersError
 from .layers import FilterFn, Layer, prunable_layers, select
 
-__all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layer_densities", "validate_density"]
+__all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layer_densities", "validate_density",
+           "split_inputs", "default_density", "DEFAULT_DENSITY", "METHOD_DEFAULT", "MethodDefault"]
+
+#: The global density ``prune`` and ``layer_densities`` use when none is given (unless the method has its own).
+DEFAULT_DENSITY = 0.01
+
+
+class MethodDefault:
+    """Type of :data:`METHOD_DEFAULT`, the default of ``density`` in ``prune`` and ``layer_densities``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "METHOD_DEFAULT"
+
+
+#: ``density`` not given: 0.01, or the method's own (er-from: the source ticket's density). An
+#: explicit ``None`` stays an error, so a missing value is never mistaken for a choice.
+METHOD_DEFAULT = MethodDefault()
 
 
 def validate_density(density: object, name: str = "density") -> float:
@@ -160,12 +183,52 @@ def resolve_method(method: str | Method, options: dict | None = None) -> Method:
     return Method(method, options or {})
 
 
+def _info(method: str | Method) -> MethodInfo:
+    return method.info if isinstance(method, Method) else get_method(method)
+
+
+def split_inputs(method: str | Method, options: dict[str, object],
+                 model: nn.Module | None = None) -> tuple[Method, dict[str, object]]:
+    """``(Method with the options, inputs)``: keywords the method declares as inputs are taken out of
+    ``options``; ``model`` is added when the method needs it."""
+    info = _info(method)
+    inputs = {k: options.pop(k) for k in list(options) if k in info.inputs}
+    if "model" in info.inputs and model is not None:
+        inputs["model"] = model
+    return resolve_method(method, options), inputs
+
+
+def default_density(method: str | Method, layers: Sequence[Layer], inputs: Mapping[str, object]) -> float:
+    """The global density to use when the caller gives none: the method's own (er-from) or 0.01."""
+    info = _info(method)
+    if info.default_density is None:
+        return DEFAULT_DENSITY
+    _check_inputs(info, inputs)
+    return info.default_density(layers, **inputs)
+
+
+def _check_inputs(info: MethodInfo, inputs: Mapping[str, object]) -> None:
+    missing = [k for k in info.inputs if inputs.get(k) is None]
+    if missing:
+        what = "; ".join(f"{k}: {INPUTS[k]}" for k in missing)
+        given = [k for k in missing if k != "model"]
+        how = f"e.g. sparsekit.prune(model, {info.name!r}, density, {', '.join(f'{k}=...' for k in given)})" \
+            if given else "call it through sparsekit.prune or sparsekit.layer_densities, which pass the model"
+        raise TypeError(f"method {info.name!r} needs {', '.join(map(repr, missing))} ({what}); {how}")
+
+
 def densities_for_layers(
-    layers: Sequence[Layer], method: str | Method, density: float, dense: Iterable[str] = (), **options: object
+    layers: Sequence[Layer], method: str | Method, density: float, dense: Iterable[str] = (),
+    *, inputs: Mapping[str, object] | None = None, **options: object
 ) -> dict[str, float]:
-    """Per-layer densities for already discovered ``layers`` (see :func:`layer_densities`)."""
+    """Per-layer densities for already discovered ``layers`` (see :func:`layer_densities`).
+
+    ``inputs`` are the method's inputs (``model``, ``data``, ``ticket``; see
+    :func:`sparsekit.register_method`), passed to its scheme and not recorded.
+    """
     density = validate_density(density)
     m = resolve_method(method, options)
+    inputs = dict(inputs or {})
     if not layers:
         raise NoPrunableLayersError("no prunable layers")
     keep_dense = select(list(layers), dense, "dense") if dense else set()
@@ -181,7 +244,8 @@ def densities_for_layers(
         raise ValueError(
             f"density {density} is too low: the layers kept dense already hold "
             f"{dense_size / total:.4g} of the prunable weights; raise density or keep fewer layers dense")
-    dens = m.info.densities(sparse, min(1.0, p_sparse), **m.options)
+    _check_inputs(m.info, inputs)  # only now: at density 1 no method needs its inputs
+    dens = m.info.densities(sparse, min(1.0, p_sparse), **m.options, **inputs)
     for L in sparse:
         d = float(dens[L.fqn])
         if not 0.0 < d <= 1.0 + 1e-12:
@@ -193,7 +257,7 @@ def densities_for_layers(
 def layer_densities(
     model: nn.Module,
     method: str | Method = "er-balanced",
-    density: float = 0.01,
+    density: float | MethodDefault = METHOD_DEFAULT,
     *,
     filter_fn: FilterFn | None = None,
     dense: Iterable[str] = (),
@@ -201,8 +265,14 @@ def layer_densities(
 ) -> dict[str, float]:
     """Per-layer densities ``{fqn: p_l}`` that ``prune`` would use, without drawing masks.
 
-    Works on meta-device models. ``dense`` names layers kept at density 1 (they count towards the
-    global budget); ``options`` go to the method (e.g. ``redistribute=False`` for er-balanced).
+    Works on meta-device models (except for methods that run the model: er-snip, er-synflow).
+    ``density`` defaults to 0.01, or to the method's own (er-from: the source ticket's). ``dense``
+    names layers kept at density 1 (they count towards the global budget); ``options`` go to the
+    method (e.g. ``redistribute=False`` for er-balanced), and so do its inputs (``data=`` for
+    er-snip, ``ticket=`` for er-from).
     """
+    m, inputs = split_inputs(method, dict(options), model)
     layers = prunable_layers(model, filter_fn)
-    return densities_for_layers(layers, method, density, dense, **options)
+    if isinstance(density, MethodDefault):
+        density = default_density(m, layers, inputs)
+    return densities_for_layers(layers, m, density, dense, inputs=inputs)

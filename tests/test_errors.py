@@ -62,8 +62,9 @@ def test_bad_arguments(kw, match):
 
 
 def test_list_methods():
-    assert sparsekit.list_methods() == ["er-balanced", "er-erk", "er-pyramidal", "er-uniform"]
-    assert sparsekit.list_methods("*p*") == ["er-pyramidal"]
+    assert sparsekit.list_methods() == ["er-balanced", "er-erk", "er-from", "er-pyramidal", "er-snip", "er-synflow",
+                                        "er-uniform"]
+    assert sparsekit.list_methods("*p*") == ["er-pyramidal", "er-snip"]
 
 
 def test_register_method_and_duplicate_name():

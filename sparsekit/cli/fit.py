@@ -36,7 +36,21 @@ __all__ = ["fit", "weak", "build_model"]
 _AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
 
 
-@click.group("fit", context_settings={"help_option_names": ["-h", "--help"]})
+class _FitGroup(click.Group):
+    """``fit`` with ``imp`` loaded on demand (``fit_imp`` builds on this module's shared options)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "imp"})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "imp" and cmd_name not in self.commands:
+            from .fit_imp import imp
+
+            self.add_command(imp)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group("fit", cls=_FitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def fit() -> None:
     """Train tickets: 'weak' trains the kept weights inside fixed ER masks (paper §2.2); 'strong' finds a
     subnetwork of frozen random weights inside an ER network with edge-popup (paper §2.1); 'rewire'

@@ -4,11 +4,19 @@ Example::
 
     sparsekit prune torchvision:resnet18 --method pyramidal --density 0.01 --out ticket.safetensors
     sparsekit prune torchvision:resnet18 --method pyramidal --density 0.01 --out report.json
+    sparsekit prune sparsekit:mlp --method er-snip --density 0.01 --data digits
+    sparsekit prune sparsekit:vgg16 --method er-synflow --density 0.01 -O input_shape=(3,32,32)
+    sparsekit prune sparsekit:mlp --method er-from --from imp.safetensors
 
 The command loads the model (:func:`sparsekit.cli._models.load_model`), calls
 :func:`sparsekit.prune` and shows :meth:`sparsekit.Ticket.report` as a table, or as JSON with ``--json``.
 ``--out FILE.safetensors`` saves the ticket (:func:`sparsekit.save_ticket`, optionally with the kept
 weights); any other ``--out`` gets the report as JSON.
+
+Methods with inputs (:mod:`sparsekit._data_methods`): ``--data SPEC`` (:func:`sparsekit.data.load_data`)
+gives er-snip its batches (the training split) and er-synflow its input shape, and fills a
+``sparsekit:`` model's ``num_classes`` and input size from the data; ``--from TICKET`` gives er-from
+its source ticket, whose density is the default ``--density``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from rich.text import Text
 from torch import nn
 
 import sparsekit
+import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from sparsekit._io import atomic_write_text
 from sparsekit._registry import method_infos
 from sparsekit.densities import validate_density
@@ -173,6 +182,23 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
         "pairs", markup=False)
 
 
+def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: str | None,
+                  source: Path | None) -> None:
+    """``--data``/``--from``/``--density`` as the method needs them, before any slow work."""
+    info = config.info
+    if "data" in info.inputs and data_spec is None:
+        raise UserError(f"--method {info.name} scores the network on data: give --data SPEC (e.g. --data digits)")
+    if data_spec is not None and "data" not in info.inputs and "input_shape" not in info.options:
+        raise UserError(f"--data is for methods that use data (er-snip; er-synflow takes its input shape from it), "
+                        f"not {info.name}")
+    if "ticket" in info.inputs and source is None:
+        raise UserError(f"--method {info.name} takes its layerwise densities from a ticket: give --from TICKET")
+    if source is not None and "ticket" not in info.inputs:
+        raise UserError(f"--from is the source ticket of er-from; --method {info.name} does not take one")
+    if density is None and info.default_density is None:
+        raise UserError("give --density, the global fraction of weights to keep, in (0, 1] (e.g. 0.01)")
+
+
 def _title(spec: str, report: sparsekit.Report) -> str:
     t = report.totals
     options = "".join(f", {k}={v!r}" for k, v in t["method_options"].items())
@@ -185,8 +211,9 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @model_options
 @click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
               help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods').")
-@click.option("-d", "--density", type=DensityType(), required=True,
-              help="Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity).")
+@click.option("-d", "--density", type=DensityType(), default=None,
+              help="Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Required, except "
+                   "for er-from (default: the --from ticket's density).")
 @click.option("-s", "--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, metavar="INT",
               help="Seed of the counter RNG; the same seed gives the same masks on every device.")
 @click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
@@ -199,6 +226,11 @@ def _title(spec: str, report: sparsekit.Report) -> str:
               help="Keep this layer dense (parameter or module name, or a regex); it counts towards the "
                    "density (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
+@click.option("--data", "data_spec", metavar="SPEC", default=None,
+              help="Data for methods that need it: er-snip scores on its training split, er-synflow takes its "
+                   "input shape (digits, synthetic[:...], cifar10:ROOT, ...; nothing is downloaded).")
+@click.option("--from", "source", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="TICKET",
+              help="Source ticket file of er-from (e.g. from 'sparsekit fit imp'): its layerwise densities are used.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Save the ticket to FILE if it ends in .safetensors (see 'sparsekit info'); write the "
                    "report as JSON to any other FILE.")
@@ -212,8 +244,8 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @all_option()
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
-          out: Path | None, force: bool, weights: str | None, weights_dtype: str | None, as_json: bool,
-          show_all: bool) -> None:
+          data_spec: str | None, source: Path | None, out: Path | None, force: bool, weights: str | None,
+          weights_dtype: str | None, as_json: bool, show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
@@ -222,6 +254,7 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     state_dict (with --arch) or a pickled module (only with --trust-pickle).
     """
     config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
+    _check_inputs(config, density, data_spec, source)
     to_ticket = out is not None and out.suffix.lower() == TICKET_SUFFIX
     if weights is not None and not to_ticket:
         raise UserError(f"--weights {weights} needs --out FILE{TICKET_SUFFIX} (a ticket file)")
@@ -230,14 +263,31 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     if out is not None:  # fail before the (possibly slow) model loading
         check_out(out, force)
     started = time.perf_counter()
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    inputs: dict[str, Any] = {}  # method inputs and options taken from --data/--from
+    if data_spec is not None:
+        from sparsekit.data import load_data
+
+        from .fit import build_model
+
+        data = load_data(data_spec, trust_pickle=trust_pickle)
+        net = build_model(model, data, arch=arch, trust_pickle=trust_pickle)
+        if "data" in config.info.inputs:
+            inputs["data"] = data.train
+        if "input_shape" in config.info.options and "input_shape" not in config.options:
+            inputs["input_shape"] = tuple(data.input_shape)
+    else:
+        net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    if source is not None:
+        inputs["ticket"] = source
     loaded_s = time.perf_counter() - started
     filter_fn = None
     if exclude:
         _check_patterns_match(net, exclude)
         filter_fn = exclude_filter(exclude)
-    ticket = sparsekit.prune(net, config, density, seed=seed, flow=flow.lower(), filter_fn=filter_fn,
-                             dense=dense, exact=exact)
+    if density is not None:  # otherwise the method's own (er-from: the source ticket's)
+        inputs["density"] = density
+    ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
+                             exact=exact, **inputs)
     report = ticket.report()
     note = ""
     if out is not None:
