@@ -25,6 +25,7 @@ import click
 from torch import nn
 
 import sparsekit
+from sparsekit.train.engine import CHECKPOINT_NAME
 
 from . import UserError, stdout_console
 from ._models import load_model
@@ -180,7 +181,7 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
 
     data = load_data(data_spec, trust_pickle=trust_pickle)
     net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
-    resuming = resume and checkpoint_dir is not None and (checkpoint_dir / "checkpoint.pt").exists()
+    resuming = resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_NAME).exists()
     if ticket_path is not None:
         ticket = sparsekit.apply_ticket(net, ticket_path)
     elif resuming:

@@ -463,8 +463,7 @@ def rewire(
     algo = _RewireAlgorithm({"method": method, "update_every": update_every, "drop_fraction": drop_fraction,
                              "drop_schedule": drop_schedule, "stop_at": stop_at, "final_density": final_density,
                              "flow": flow, "seed": seed})
-    _Method = _method(method)  # validate before training starts
-    del _Method
+    _method(method)  # validate before training starts
     history: History = run(model, train_data, config, algorithm=algo, eval_data=eval_data, optimizer=optimizer,
                            loss_fn=loss_fn, callbacks=callbacks, checkpoint_dir=checkpoint_dir, resume=resume,
                            progress=progress)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,8 @@ from .._prune import prune
 from ..attach import _remember_ticket, attach, finalize, is_pruned
 from ..densities import layer_densities
 from ..errors import SparsekitError
-from ..init import INIT_SCHEMES, init_weight, uniform_from_stream
-from ..layers import LayerLayout
+from ..init import INIT_SCHEMES, fan_in, init_weight, uniform_from_stream
+from ..layers import LayerLayout, find_layers
 from ..masks import CompactMask
 from ..rng import stream_key
 from ..ticket import LayerRecord, Ticket
@@ -168,8 +169,6 @@ class EdgePopup(Algorithm):
         self.layers: list[_Layer] = []
         self.scores = nn.ParameterList()
         self.level = 0
-        self.threshold_hits = 0
-        self.selections = 0
 
     # -- setup -----------------------------------------------------------------------------------
     def setup(self, model: nn.Module, device: torch.device) -> None:
@@ -183,7 +182,7 @@ class EdgePopup(Algorithm):
             w = flat if kept is None else flat.index_select(0, kept)
             counts = level_counts(cm.nnz, self.final_counts[fqn], self.levels)
             self.layers.append(_Layer(fqn, tuple(p.shape), numel, kept, w.clone(), counts))
-            fan = max(1, numel // p.shape[self.layouts[fqn].out_axis])
+            fan = fan_in(tuple(p.shape), self.layouts[fqn])
             key = stream_key(self.seed, fqn, "scores")
             if self.score_init == "kaiming-uniform":  # edge-popup: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in))
                 bound = 1.0 / math.sqrt(fan)
@@ -191,7 +190,6 @@ class EdgePopup(Algorithm):
             else:
                 s = uniform_from_stream(key, cm.nnz, 0.0, 1.0, dtype=p.dtype, device=device)
             self.scores.append(nn.Parameter(s))
-        self._wrapped = None
 
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         return list(self.scores)
@@ -214,8 +212,6 @@ class EdgePopup(Algorithm):
                 m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width)
                 if L.threshold is not None:  # the next band: a few times the threshold's last move
                     L.width = max(4.0 * abs(float(thr - L.threshold)), 1e-7 * abs(float(thr)))
-            self.selections += 1
-            self.threshold_hits += int(L.threshold is not None and thr is L.threshold)
             L.threshold = thr
             out.append(m)
         return out
@@ -380,10 +376,8 @@ def fit_strong(
         cm = er.compact_masks.get(r.fqn) or CompactMask.from_bool(torch.ones(r.shape, dtype=torch.bool))
         source[r.fqn] = cm
         final_counts[r.fqn] = max(1, min(cm.nnz, round(final_d.get(r.fqn, density) * r.numel)))
-        if r.fqn not in layouts:
-            from ..layers import find_layers
-
-            layouts.update({L.fqn: L.layout for L in find_layers(model)})
+    if any(fqn not in layouts for fqn in source):  # layers prune kept dense carry no layout in its ticket
+        layouts.update({L.fqn: L.layout for L in find_layers(model) if L.fqn not in layouts})
     requires = {n: p.requires_grad for n, p in model.named_parameters()}
     with torch.no_grad():
         for fqn in source:
@@ -418,8 +412,6 @@ def fit_strong(
     ticket.layouts = layouts
     ticket.init = {"scheme": init, "seed": str(seed), "scale_fan": scale_fan}
     attach(model, masks)
-    import weakref
-
     ticket.model_ref = weakref.ref(model)
     _remember_ticket(model, ticket)
     ticket.history = history  # type: ignore[attr-defined]
