@@ -22,6 +22,10 @@ Schemes:
 * ``er-pyramidal``: ``p_l = p_1 ** l`` for the l-th layer in module order (l = 1..L), ``p_1`` in
   ``(0, 1]`` solved so that ``sum_l p_l m_l = p sum_l m_l`` (paper §3; the function is monotone in
   ``p_1``, so bisection in float64 finds the unique root to machine precision).
+* ``er-layerwise``: the densities the caller gives, ``densities=[p_1, ..., p_L]`` in module order or
+  ``{fqn: p_l}`` (the paper's ``ER(p)`` with an arbitrary vector ``p``, e.g. the source networks of
+  :mod:`sparsekit.theory`). The global density defaults to the one these imply; an explicit
+  ``density`` must agree with it.
 
 Schemes computed from a model, data or another ticket (``er-snip``, ``er-synflow``, ``er-from`` in
 :mod:`sparsekit._data_methods`) keep this signature and declare those as *inputs*
@@ -31,6 +35,7 @@ and the caller's ``data=``/``ticket=`` keywords to them; they are not recorded a
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -40,8 +45,8 @@ from ._registry import INPUTS, Method, MethodInfo, get_method, register_method
 from .errors import NoPrunableLayersError
 from .layers import FilterFn, Layer, prunable_layers, select
 
-__all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layer_densities", "validate_density",
-           "split_inputs", "default_density", "DEFAULT_DENSITY", "METHOD_DEFAULT", "MethodDefault"]
+__all__ = ["uniform", "erk", "balanced", "pyramidal", "pyramidal_p1", "layerwise", "layer_densities",
+           "validate_density", "split_inputs", "default_density", "DEFAULT_DENSITY", "METHOD_DEFAULT", "MethodDefault"]
 
 #: The global density ``prune`` and ``layer_densities`` use when none is given (unless the method has its own).
 DEFAULT_DENSITY = 0.01
@@ -173,6 +178,56 @@ def pyramidal(layers: Sequence[Layer], density: float) -> dict[str, float]:
     return {L.fqn: p1 ** (i + 1) for i, L in enumerate(layers)}
 
 
+def _layerwise_values(layers: Sequence[Layer], densities: object) -> dict[str, float]:
+    """``{fqn: p_l}`` from the ``densities`` option of er-layerwise, validated against ``layers``."""
+    names = [L.fqn for L in layers]
+    if isinstance(densities, Mapping):
+        unknown = sorted(set(map(str, densities)) - set(names))
+        missing = [n for n in names if n not in densities]
+        if unknown or missing:
+            raise ValueError(
+                "er-layerwise: the densities mapping must have one entry per prunable layer; "
+                + (f"unknown: {', '.join(unknown)}; " if unknown else "")
+                + (f"missing: {', '.join(missing)}; " if missing else "")
+                + f"the layers are: {', '.join(names)}")
+        values = [densities[n] for n in names]
+    elif isinstance(densities, Sequence) and not isinstance(densities, (str, bytes)):
+        values = list(densities)
+        if len(values) != len(names):
+            raise ValueError(f"er-layerwise: densities has {len(values)} values but the model has {len(names)} "
+                             f"prunable layers ({', '.join(names)}); give one density per layer in module order")
+    else:
+        raise TypeError("er-layerwise needs the option densities=[p_1, ..., p_L] (module order) or "
+                        f"{{fqn: p}}; got {type(densities).__name__}")
+    return {n: validate_density(v, f"densities[{n!r}]") for n, v in zip(names, values, strict=True)}
+
+
+def _layerwise_default(layers: Sequence[Layer], *, densities: object) -> float:
+    """Global density implied by the er-layerwise option: ``sum_l p_l m_l / sum_l m_l``."""
+    values = _layerwise_values(layers, densities)
+    total = sum(L.numel for L in layers)
+    return min(1.0, sum(values[L.fqn] * L.numel for L in layers) / total)
+
+
+@register_method("er-layerwise", description="the given per-layer densities (option densities=[p_1, ...] or {fqn: p})",
+                 aliases=("layerwise",), default_density=_layerwise_default)
+def layerwise(layers: Sequence[Layer], density: float, densities: object = None) -> dict[str, float]:
+    """``p_l`` as given: the paper's ``ER(p)`` with an explicit density vector (§2, "ER networks").
+
+    ``density`` (the global one) must match the densities given, within 1e-9; leave it out and it
+    defaults to that value. Layers kept dense with ``dense=`` are not part of ``layers`` here.
+    """
+    if densities is None:
+        raise TypeError("er-layerwise needs the option densities=[p_1, ..., p_L] (module order) or {fqn: p}, "
+                        "e.g. sparsekit.prune(model, 'er-layerwise', densities=[1.0, 0.1, 0.1])")
+    values = _layerwise_values(layers, densities)
+    implied = sum(values[L.fqn] * L.numel for L in layers) / sum(L.numel for L in layers)
+    if abs(implied - density) > 1e-9 * max(1.0, density) + 1e-12:
+        raise ValueError(f"er-layerwise: the densities given imply a global density of {implied:.10g}, but "
+                         f"density={density:.10g} was passed; leave density out (it defaults to the implied one)")
+    return values
+
+
 def resolve_method(method: str | Method, options: dict | None = None) -> Method:
     """A :class:`Method` from a name or config plus extra options."""
     if isinstance(method, Method):
@@ -204,7 +259,10 @@ def default_density(method: str | Method, layers: Sequence[Layer], inputs: Mappi
     if info.default_density is None:
         return DEFAULT_DENSITY
     _check_inputs(info, inputs)
-    return info.default_density(layers, **inputs)
+    # A default may also read the method's options (er-layerwise: its densities), if it names them.
+    params = inspect.signature(info.default_density).parameters
+    options = {k: v for k, v in method.options.items() if k in params} if isinstance(method, Method) else {}
+    return info.default_density(layers, **inputs, **options)
 
 
 def _check_inputs(info: MethodInfo, inputs: Mapping[str, object]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "lanes_at",
     "bernoulli_flat",
     "lane_chunks",
+    "lane_range",
     "choice_at",
 ]
 
@@ -180,6 +181,27 @@ def lane_chunks(
         _mix_(zc, scratch[:m])
         e0 = 2 * w0
         yield e0, _lanes_of_words(zc)[: min(numel, e0 + 2 * m) - e0]
+
+
+def lane_range(key: int, start: int, count: int, *, device: torch.device | str = "cpu",
+               chunk_words: int = DEFAULT_CHUNK_WORDS) -> torch.Tensor:
+    """Signed int32 lanes ``start .. start + count - 1`` of the stream ``key``.
+
+    When the range spans at most ``chunk_words`` words the result is a view into a reused buffer
+    (consume it before the next call); longer ranges get a fresh tensor.
+    """
+    device = torch.device(device)
+    w0 = start // 2
+    nwords = (start + count + 1) // 2 - w0
+    if nwords <= chunk_words:
+        ramp, z, scratch = _scratch(chunk_words, device)
+        zc = z[:nwords]
+        torch.add(ramp[:nwords], _s64(key + (w0 + 1) * GAMMA), out=zc)
+        _mix_(zc, scratch[:nwords])
+    else:
+        zc = words(key, w0, nwords, device)
+    off = start - 2 * w0
+    return _lanes_of_words(zc)[off: off + count]
 
 
 def bernoulli_flat(

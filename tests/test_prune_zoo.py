@@ -13,7 +13,8 @@ from sparsekit.flow import dead_units
 from sparsekit.layers import find_layers
 
 ZOO = zoo()
-METHODS = [m for m in sparsekit.list_methods() if not sparsekit.get_method(m).inputs]  # data methods: test_pruners
+METHODS = [m for m in sparsekit.list_methods() if not sparsekit.get_method(m).inputs
+           and m != "er-layerwise"]  # data methods: test_pruners; er-layerwise (needs densities=): test_densities
 
 
 @pytest.fixture(autouse=True)

@@ -38,6 +38,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("sparsekit.cli.fit", "fit"),
     "export": ("sparsekit.cli.export", "export"),
     "onnx-check": ("sparsekit.cli.export", "onnx_check"),
+    "theory": ("sparsekit.cli.theory", "theory"),
 }
 
 
