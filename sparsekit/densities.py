@@ -202,8 +202,10 @@ def _layerwise_values(layers: Sequence[Layer], densities: object) -> dict[str, f
     return {n: validate_density(v, f"densities[{n!r}]") for n, v in zip(names, values, strict=True)}
 
 
-def _layerwise_default(layers: Sequence[Layer], *, densities: object) -> float:
+def _layerwise_default(layers: Sequence[Layer], *, densities: object = None) -> float:
     """Global density implied by the er-layerwise option: ``sum_l p_l m_l / sum_l m_l``."""
+    if densities is None:
+        layerwise(layers, 1.0)  # raises the error that explains the option
     values = _layerwise_values(layers, densities)
     total = sum(L.numel for L in layers)
     return min(1.0, sum(values[L.fqn] * L.numel for L in layers) / total)

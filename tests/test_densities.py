@@ -111,3 +111,44 @@ def test_pyramidal_p1_properties():
     assert pyramidal_p1([10, 10], 1.0) == 1.0
     q = pyramidal_p1([1000] * 50, 0.01)
     assert 0 < q < 1 and sum(1000 * q ** (i + 1) for i in range(50)) == pytest.approx(0.01 * 50000, rel=1e-9)
+
+
+def test_layerwise_takes_the_given_densities():
+    # list in module order or mapping by fqn; the global density defaults to sum p_l m_l / sum m_l
+    given = [0.5, 1.0, 0.02]
+    implied = (0.5 * 200 + 216 + 0.02 * 5000) / 5416
+    assert np.allclose(list(sparsekit.layer_densities(three_layers(), "er-layerwise", densities=given).values()), given)
+    assert np.allclose(dens("layerwise", implied, densities=dict(zip(NAMES, given, strict=True))), given)
+    model = three_layers()
+    ticket = sparsekit.prune(model, sparsekit.Method("er-layerwise", {"densities": given}), seed=3)
+    assert ticket.density == pytest.approx(implied)
+    assert [r.target_density for r in ticket.layers] == given
+
+
+def test_layerwise_ticket_file_round_trip(tmp_path):
+    model = three_layers()
+    ticket = sparsekit.prune(model, "er-layerwise", densities=[0.3, 0.6, 0.1], seed=9)
+    path = sparsekit.save_ticket(ticket, tmp_path / "t.safetensors")
+    fresh = three_layers()
+    again = sparsekit.apply_ticket(fresh, path)
+    for name in NAMES:
+        assert torch.equal(again.masks[name], ticket.masks[name])
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({}, "needs the option densities"),
+    ({"densities": [0.1, 0.2]}, "has 2 values but the model has 3"),
+    ({"densities": {"0.weight": 0.1}}, "missing: 1.weight, 2.weight"),
+    ({"densities": {"0.weight": 0.1, "1.weight": 0.1, "2.weight": 0.1, "x": 0.5}}, "unknown: x"),
+    ({"densities": [0.1, 0.0, 0.2]}, r"densities\['1.weight'\] must be in \(0, 1\]"),
+    ({"densities": 0.1}, "needs the option densities"),
+])
+def test_layerwise_errors(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        sparsekit.layer_densities(three_layers(), "er-layerwise", **kw)
+
+
+def test_layerwise_explicit_density_must_agree():
+    with pytest.raises(ValueError, match="imply a global density of"):
+        sparsekit.layer_densities(three_layers(), "er-layerwise", 0.5, densities=[0.1, 0.1, 0.1])
+    assert np.allclose(dens("er-layerwise", 0.1, densities=[0.1, 0.1, 0.1]), 0.1)

@@ -59,3 +59,15 @@ def test_strong_and_rewire_examples_run(tmp_path):
 
     runs = json.loads((tmp_path / "r.json").read_text())
     assert sorted(r["training"] for r in runs) == ["fixed", "rigl", "set"]
+
+
+def test_theory_walkthrough_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "examples/theory_walkthrough.py"), "--trials", "40"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "[2] Theorem 2.5 at p = 0.5, delta = 0.1:" in out
+    float64 = float(re.search(r"in float64: max \|f_T\(x\) - f_S\(x\)\| = ([0-9.e+-]+)", out).group(1))
+    assert float64 < 1e-10
+    accs = re.search(r"test accuracy ([0-9.]+) \(target ([0-9.]+)\)", out)
+    assert accs.group(1) == accs.group(2)
+    assert "[5] under-wide source: cannot place target weight W^(" in out
+    assert "the exact necessary width is" in out
