@@ -62,8 +62,8 @@ def test_bad_arguments(kw, match):
 
 
 def test_list_methods():
-    assert sparsekit.list_methods() == ["er-balanced", "er-erk", "er-from", "er-pyramidal", "er-snip", "er-synflow",
-                                        "er-uniform"]
+    assert sparsekit.list_methods() == ["er-balanced", "er-erk", "er-from", "er-layerwise", "er-pyramidal",
+                                        "er-snip", "er-synflow", "er-uniform"]
     assert sparsekit.list_methods("*p*") == ["er-pyramidal", "er-snip"]
 
 
