@@ -390,7 +390,7 @@ def weak_ticket_widths(
     Example:
         >>> plan = weak_ticket_widths((784, 300, 100, 10), 0.1, 0.1)
         >>> plan.copies, plan.source_widths
-        ((199, 164, 98, 1), (156016, 49200, 9800, 10))
+        ((199, 174, 98, 1), (156016, 52200, 9800, 10))
     """
     shape = target_shape(target)
     ps = _densities(densities, shape.depth)
@@ -473,9 +473,10 @@ def existence_probability(
 def trial_seed(seed: int, trial: int) -> int:
     """Seed of the source network drawn in trial ``trial`` of :func:`simulate_existence`.
 
-    ``sparsekit.prune(er_source(...)[0]-like model, "er-layerwise", seed=trial_seed(seed, t), flow=None)``
-    draws the same masks as that trial (layer ``l`` of the source is the parameter ``f"{2l+1}.weight"``,
-    as in :func:`sparsekit.models.mlp`).
+    ``er_source(widths, densities, seed=trial_seed(seed, t), flow=None)`` (``sparsekit.prune`` with
+    ``er-layerwise`` on a :func:`sparsekit.models.mlp`, whose layer ``l`` is the parameter
+    ``f"{2l+1}.weight"``) draws exactly the masks of trial ``t``; with a dense layer 0 the construction
+    of :func:`embed_weak_ticket` succeeds on it exactly when the trial succeeds (tested).
     """
     return rng.mix64(rng.mix64(seed) ^ rng.mix64((trial + 1) * rng.GAMMA))
 

@@ -451,3 +451,10 @@ def test_er_source_uses_the_plan_densities():
     assert dens == {"1.weight": 0.9, "3.weight": 0.5, "5.weight": 0.3, "7.weight": 0.8}
     assert ticket.method == "er-layerwise"
     assert [m.out_features for m in source if isinstance(m, nn.Linear)] == list(plan.source_widths)
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(T, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 2 and result.failed == 0
