@@ -204,7 +204,8 @@ def _shape_of_module(model: nn.Module) -> TargetShape:
                 d = n_in
             elif n_in != prev:
                 raise ValueError(f"target layer {name} has {n_in} input channels but the layer before has {prev} "
-                                 "outputs; the theory needs a chain of layers")
+                                 "outputs; the theory needs a chain of layers (residual branches are not covered "
+                                 "by Theorems 2.4-2.6)")
             k = math.prod(w.shape[2:])
             pat = (w != 0).reshape(n_out, n_in, k)
             kinds.append("conv")

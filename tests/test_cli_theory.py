@@ -94,3 +94,22 @@ def test_subset_sum():
 def test_subset_sum_too_large_for_the_exact_check():
     line = error_line(run("theory", "subset-sum", "--density", "0.01", "--eps", "0.01", "--check", "10"), 1)
     assert "at most 44" in line
+
+
+def test_widths_of_a_model_spec():
+    result = run("theory", "widths", "--model", "sparsekit:vgg16", "--density", "0.1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    from sparsekit.models import get_model
+
+    plan = T.weak_ticket_widths(get_model("vgg16", num_classes=10), 0.1, 0.1)
+    assert data["theorem"] == "2.6" and data["copies"] == list(plan.copies)
+    assert data["target"]["kernels"][:13] == [9] * 13 and data["target"]["kernels"][13] == 1
+    line = error_line(run("theory", "widths", "--model", "sparsekit:resnet18", "--density", "0.1"), 1)
+    assert "chain of layers" in line and "residual" in line
+
+
+def test_widths_needs_exactly_one_target():
+    for args in ([], ["--target", "4,2", "--model", "sparsekit:mlp"]):
+        result = run("theory", "widths", "--density", "0.1", *args)
+        assert result.exit_code == 2 and "--target D,N1,...,NL or as --model SPEC" in result.stderr

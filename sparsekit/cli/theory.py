@@ -54,8 +54,14 @@ def theory() -> None:
 
 
 @theory.command("widths", context_settings=CTX)
-@click.option("--target", "target_spec", required=True, metavar="D,N1,...,NL",
+@click.option("--target", "target_spec", default=None, metavar="D,N1,...,NL",
               help="Widths of a dense fully connected target, inputs first, e.g. 784,300,100,10.")
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="Or a target model: sparsekit:NAME, torchvision:NAME, package.module:factory or a file; its "
+                   "Linear/Conv layers must form a chain (Theorem 2.6 counts nonzero filter elements; pooling "
+                   "and normalisation layers are not part of the theory and are ignored).")
+@click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict file given as --model.")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled --model file (runs code from the file).")
 @click.option("--density", "densities", type=_Floats(), required=True,
               help="ER density p_l of source layers 1..L: one number, or L comma-separated numbers.")
 @click.option("--delta", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
@@ -67,20 +73,30 @@ def theory() -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the simulation.")
 @click.option("--device", default="cpu", show_default=True, help="Where the simulation draws masks (cpu, cuda).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def widths(target_spec: str, densities: Any, delta: float, bound: str, trials: int | None, seed: int, device: str,
-           as_json: bool) -> None:
+def widths(target_spec: str | None, model_spec: str | None, arch: str | None, trust_pickle: bool, densities: Any,
+           delta: float, bound: str, trials: int | None, seed: int, device: str, as_json: bool) -> None:
     """Source widths with which an ER network contains a weak ticket of TARGET (Theorems 2.4/2.5).
 
     Prints the overparametrisation factors q_l (backwards from q_L = 1, App. A.4), the source widths,
-    weight counts and the probability that the construction succeeds.
+    weight counts and the probability that the construction succeeds. The target is --target (widths)
+    or --model (a network; Theorem 2.6 for convolutions).
     """
     from sparsekit.theory import simulate_existence, weak_ticket_widths
 
-    plan = weak_ticket_widths(_widths(target_spec), densities, delta, bound=bound)
+    if (target_spec is None) == (model_spec is None):
+        raise click.UsageError("give the target as --target D,N1,...,NL or as --model SPEC (one of them)")
+    if model_spec is not None:
+        from ._models import load_model
+
+        target: Any = load_model(model_spec, arch=arch, trust_pickle=trust_pickle)
+    else:
+        target = _widths(target_spec)
+    plan = weak_ticket_widths(target, densities, delta, bound=bound)
     estimate = None
     if trials is not None:
-        entries = sum(plan.copies[l] * plan.target.widths[l - 1] * plan.source_widths[l - 1]
-                      for l in range(1, plan.target.depth + 1))
+        t = plan.target
+        entries = sum(plan.copies[l] * t.widths[l - 1] * plan.source_widths[l - 1] * t.kernels[l - 1]
+                      for l in range(1, t.depth + 1))
         if not as_json:
             click.echo(f"simulating {trials} source networks: {entries:,} mask entries each "
                        f"({entries * trials:.3g} in all) ...", err=True)
