@@ -71,6 +71,14 @@ for f in (0.8, 0.7, 0.6):
     e = theory.simulate_existence(target, widths, plan.densities, trials=args.trials, seed=args.seed)
     print(f"                   {f:.1f}   {str(widths):22} {e.analytic:8.4f}  {e.probability:.4f} ± {e.stderr:.4f}")
 
+# The theory assumes a univariate layer 0 (flow preservation). Drawing it too, at density p_0, and
+# assigning its neurons to inputs as the construction does shows what that assumption costs.
+for p0, flow in ((0.1, "repair"), (0.02, "repair"), (0.02, None)):
+    e = theory.simulate_existence(target, plan.source_widths, plan.densities, trials=args.trials, seed=args.seed,
+                                  input_density=p0, flow=flow)
+    print(f"    layer 0 drawn at p_0 = {p0} (flow {flow}): simulated {e.probability:.4f} ± {e.stderr:.4f}, "
+          f"layer-1 failures {e.layer_failures[0]}/{e.trials}")
+
 # %% 4. The construction (App. A.3-A.4) inside an ER source with a sparse first layer.
 source, ticket = theory.er_source(plan, input_density=0.5, seed=args.seed)
 emb = theory.embed_weak_ticket(target, source, input_bounds=(0.0, 1.0))

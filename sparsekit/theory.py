@@ -512,14 +512,17 @@ class ExistenceEstimate:
 
     @property
     def stderr(self) -> float:
-        """Standard error of :attr:`probability`: ``sqrt(P (1 - P) / trials)`` at the analytic ``P``
-        (the estimate's own would be 0 when every trial succeeds)."""
-        a = self.analytic
-        return math.sqrt(max(a * (1.0 - a), 1e-300) / self.trials)
+        """Binomial standard error of :attr:`probability` (the estimate kept at least ``1/trials`` away from
+        0 and 1, so that a run without failures still gets a positive error)."""
+        n = self.trials
+        r = min(max(self.probability, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
+        return math.sqrt(r * (1.0 - r) / n)
 
     def agrees(self, k: float = 3.0) -> bool:
-        """Whether the estimate is within ``k`` standard errors of the analytic value."""
-        return abs(self.probability - self.analytic) <= k * self.stderr
+        """Whether the estimate is within ``k`` standard errors of the analytic value, the error taken at
+        the analytic probability (the null hypothesis)."""
+        a = self.analytic
+        return abs(self.probability - a) <= k * math.sqrt(max(a * (1.0 - a), 1e-300) / self.trials)
 
     def to_dict(self) -> dict[str, Any]:
         return {"probability": self.probability, "stderr": self.stderr, "trials": self.trials,
@@ -563,6 +566,44 @@ def _layer_missing(key: int, p: float, rows: int, q_row: int, n_prev: int, q_pre
     return False
 
 
+def _first_layer_blocks(key0: int, p0: float, flow: str | None, seed: int, n0: int, d: int) -> torch.Tensor:
+    """Input copied by each neuron of source layer 0, as :func:`embed_weak_ticket` assigns them, for the
+    layer-0 mask ``sparsekit.prune`` draws (Bernoulli ``p0``; flow repair if ``flow``)."""
+    from .flow import repair_flow
+    from .layers import find_layers
+
+    mask = rng.bernoulli_flat(key0, n0 * d, p0).view(n0, d)
+    if flow is not None:
+        with torch.device("meta"):
+            probe = nn.Sequential(nn.Flatten(), nn.Linear(d, n0))
+        repair_flow(find_layers(probe)[0], mask, p0, seed, flow)
+    return _assign_inputs(mask, d)
+
+
+def _layer1_missing(key: int, p: float, rows: int, q_row: int, n0: int, input_of: torch.Tensor, d: int,
+                    pattern: torch.Tensor | None, device: torch.device) -> bool:
+    """:func:`_layer_missing` for source layer 1 when the univariate blocks of layer 0 are irregular."""
+    T = rng.threshold(p)
+    t_signed = T - (1 << 31)
+    input_of = input_of.to(device)
+    used = input_of >= 0
+    index = input_of.clamp(min=0)
+    chunk_rows = max(1, _CHUNK_LANES // n0)
+    for r0 in range(0, rows, chunk_rows):
+        r1 = min(rows, r0 + chunk_rows)
+        if T >= 1 << 32:  # dense layer 1: every edge exists
+            kept = used.expand(r1 - r0, -1)
+        else:
+            kept = rng.lane_range(key, r0 * n0, (r1 - r0) * n0, device=device).view(r1 - r0, n0).lt(t_signed) & used
+        blocks = torch.zeros(r1 - r0, d, dtype=torch.uint8, device=device)
+        blocks.scatter_reduce_(1, index.expand(r1 - r0, -1), kept.to(torch.uint8), reduce="amax")
+        need = (torch.ones(r1 - r0, d, dtype=torch.bool, device=device) if pattern is None
+                else pattern[torch.arange(r0, r1, device=device) // q_row][:, :, 0])
+        if bool((need & (blocks == 0)).any()):
+            return True
+    return False
+
+
 def simulate_existence(
     target: Sequence[int] | nn.Module | TargetShape,
     source_widths: Sequence[int],
@@ -570,6 +611,8 @@ def simulate_existence(
     trials: int = 1000,
     seed: int = 0,
     *,
+    input_density: float | None = None,
+    flow: str | None = None,
     device: torch.device | str = "cpu",
 ) -> ExistenceEstimate:
     """Monte-Carlo estimate of :func:`existence_probability` with real ER masks.
@@ -582,10 +625,20 @@ def simulate_existence(
     ``sum_l q_l n_{T,l} n_{S,l-1} k_l`` of them (``.mask_entries_per_trial``), vectorised in chunks at about
     0.5 G entries/s per CPU core pair; ``device="cuda"`` draws the same bits on a GPU.
 
+    With ``input_density=p_0`` the univariate layer is not assumed but drawn too (Bernoulli ``p_0``,
+    flow repair if ``flow="repair"``, as :func:`er_source` draws it), its neurons are assigned to inputs
+    as :func:`embed_weak_ticket` does, and layer 1 is checked against those (uneven) blocks. This tests
+    App. A.3's remark that ``p_0`` can be arbitrary as long as flow is preserved; there is no analytic
+    value for it, so ``.analytic`` stays the paper's.
+
     Args:
         target, source_widths, densities: as for :func:`existence_probability`.
         trials: number of independent source networks.
         seed: base seed; trial ``t`` uses :func:`trial_seed` ``(seed, t)``.
+        input_density: ``p_0`` of source layer 0 (fully connected targets), or None for the paper's
+            assumption (univariate blocks of ``q_0`` neurons per input).
+        flow: flow repair of layer 0 when ``input_density`` is given: None or ``"repair"``. Layers
+            ``1..L`` are drawn without repair.
         device: where to draw the masks.
 
     Returns:
@@ -600,6 +653,13 @@ def simulate_existence(
     device = torch.device(device)
     ns = [int(w) for w in source_widths]
     depth = shape.depth
+    if input_density is not None:
+        input_density = _prob(input_density, "input_density", closed=True)
+        if shape.kinds[0] != "linear" or shape.kernels[0] != 1:
+            raise ValueError("input_density is supported for fully connected targets (the univariate layer of a "
+                             "convolutional target is not drawn)")
+    if flow not in (None, "repair"):
+        raise ValueError(f"flow must be None or 'repair' (applied to layer 0 with input_density), got {flow!r}")
     patterns = [None if shape.patterns[l] is None else shape.patterns[l].to(device) for l in range(depth)]
     t0 = time.perf_counter()
     fails = [0] * depth
@@ -611,8 +671,15 @@ def simulate_existence(
         for l in range(1, depth + 1):  # noqa: E741
             key = rng.stream_key(s, source_fqn(l), "mask")
             n_prev_t = shape.input_dim if l == 1 else shape.widths[l - 2]
-            if _layer_missing(key, ps[l - 1], q[l] * shape.widths[l - 1], q[l], ns[l - 1], q[l - 1], n_prev_t,
-                              shape.kernels[l - 1], patterns[l - 1], device):
+            if l == 1 and input_density is not None:
+                input_of = _first_layer_blocks(rng.stream_key(s, source_fqn(0), "mask"), input_density, flow, s,
+                                               ns[0], shape.input_dim)
+                missing = _layer1_missing(key, ps[0], q[1] * shape.widths[0], q[1], ns[0], input_of,
+                                          shape.input_dim, patterns[0], device)
+            else:
+                missing = _layer_missing(key, ps[l - 1], q[l] * shape.widths[l - 1], q[l], ns[l - 1], q[l - 1],
+                                         n_prev_t, shape.kernels[l - 1], patterns[l - 1], device)
+            if missing:
                 fails[l - 1] += 1
                 ok = False
         successes += ok

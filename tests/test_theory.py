@@ -237,6 +237,52 @@ def test_simulation_draws_the_masks_prune_draws():
     assert any(outcomes) and not all(outcomes)  # both cases were exercised
 
 
+@pytest.mark.parametrize("p0", [0.5, 0.3])
+def test_simulated_first_layer_matches_the_construction(p0):
+    """With input_density, layer 0 is drawn and assigned as embed_weak_ticket assigns it: same outcome per trial."""
+    target = mlp(6, (5, 4), 3)
+    outcomes = []
+    for s in range(20):
+        est = T.simulate_existence(target, WIDTHS, 0.5, trials=1, seed=s, input_density=p0)
+        source, _ = T.er_source([6, *WIDTHS], 0.5, input_density=p0, seed=T.trial_seed(s, 0), flow=None)
+        try:
+            T.embed_weak_ticket(target, source)
+            ok = True
+        except T.EmbeddingError:
+            ok = False
+        assert ok == (est.successes == 1), s
+        outcomes.append(ok)
+    assert any(outcomes) and not all(outcomes)
+
+
+def test_first_layer_with_flow_repair_is_prunes_layer_0():
+    from sparsekit import rng
+
+    for s in range(5):
+        ts = T.trial_seed(s, 0)
+        source, _ = T.er_source([6, *WIDTHS], 0.5, input_density=0.1, seed=ts, flow="repair")
+        masks = {name: mask for name, _, mask in sparsekit.masked_parameters(source)}
+        emb_input_of = T._assign_inputs(masks["1.weight"], 6)  # what embed_weak_ticket assigns
+        sim_input_of = T._first_layer_blocks(rng.stream_key(ts, T.source_fqn(0), "mask"), 0.1, "repair", ts, 60, 6)
+        assert torch.equal(emb_input_of, sim_input_of)
+        assert bool((sim_input_of >= 0).all())  # flow repair gives every neuron an input
+
+
+def test_first_layer_density_one_is_the_papers_assumption_and_sparser_is_worse():
+    target = mlp(6, (5, 4), 3)
+    paper = T.simulate_existence(target, WIDTHS, 0.5, trials=300, seed=2)
+    dense0 = T.simulate_existence(target, WIDTHS, 0.5, trials=300, seed=2, input_density=1.0)
+    assert paper.layer_failures == dense0.layer_failures
+    sparse0 = T.simulate_existence(target, WIDTHS, 0.5, trials=300, seed=2, input_density=0.1)
+    assert sparse0.layer_failures[0] == 300  # without flow repair most layer-0 neurons copy nothing
+    repaired = T.simulate_existence(target, WIDTHS, 0.5, trials=300, seed=2, input_density=0.1, flow="repair")
+    assert sparse0.layer_failures[0] > repaired.layer_failures[0] > paper.layer_failures[0]
+    with pytest.raises(ValueError, match="fully connected targets"):
+        T.simulate_existence(nn.Sequential(nn.Conv1d(2, 3, 2)), (4, 3), 0.5, input_density=0.5)
+    with pytest.raises(ValueError, match="flow must be None or 'repair'"):
+        T.simulate_existence(target, WIDTHS, 0.5, input_density=0.5, flow="resample")
+
+
 def test_trial_seeds_differ():
     seeds = {T.trial_seed(0, t) for t in range(1000)} | {T.trial_seed(1, t) for t in range(1000)}
     assert len(seeds) == 2000
