@@ -82,6 +82,7 @@ def rng_floor(entries: int, p: float, trials: int, seed: int, device: str) -> No
 
 def measure(p: float, args) -> dict:
     plan = theory.weak_ticket_widths(TARGET, p, 0.1)
+    entries = theory.mask_entries_per_trial(plan.target, plan.source_widths)
     rounds, dropped = [], []
     for r in range(args.rounds):
         wait_for_quiet(args.quiet_wait)
@@ -94,9 +95,8 @@ def measure(p: float, args) -> dict:
                 est = theory.simulate_existence(plan.target, plan.source_widths, plan.densities, args.trials,
                                                 seed=r, device=args.device)
                 row["successes_simulate"] = est.successes
-                row["entries_per_trial"] = est.mask_entries_per_trial
             elif variant == "rng":
-                rng_floor(row.get("entries_per_trial") or _entries(plan), p, args.trials, r, args.device)
+                rng_floor(entries, p, args.trials, r, args.device)
             else:
                 row["successes_materialise"] = baseline(plan, args.trials, r, args.device)
             if args.device.startswith("cuda"):
@@ -111,17 +111,12 @@ def measure(p: float, args) -> dict:
     sim, floor, mat = (statistics.median(r[v] for r in use) for v in variants)
     largest = max(plan.source_widths[l] * plan.source_widths[l - 1] for l in range(1, plan.target.depth + 1))
     return {"density": p, "source_widths": list(plan.source_widths), "copies": list(plan.copies),
-            "analytic": plan.probability, "entries_per_trial": use[0]["entries_per_trial"],
+            "analytic": plan.probability, "entries_per_trial": entries,
             "simulate_s_per_trial": sim, "rng_s_per_trial": floor, "materialise_s_per_trial": mat,
             "simulate_over_rng": sim / floor, "materialise_over_simulate": mat / sim,
             "largest_materialised_mask_bytes": largest,
-            "entries_per_s": use[0]["entries_per_trial"] / sim, "projected_1000_trials_s": 1000 * sim,
+            "entries_per_s": entries / sim, "projected_1000_trials_s": 1000 * sim,
             "rounds": rounds, "dropped": dropped, "all_rounds_noisy": not rounds}
-
-
-def _entries(plan: theory.WidthPlan) -> int:
-    t, q, ns = plan.target, plan.copies, plan.source_widths
-    return sum(q[l] * t.widths[l - 1] * ns[l - 1] for l in range(1, t.depth + 1))
 
 
 def main(argv: list[str] | None = None) -> int:

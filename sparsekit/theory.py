@@ -41,7 +41,10 @@ import torch
 from torch import nn
 
 from . import rng
+from ._prune import validate_seed
+from .attach import masked_parameters
 from .errors import SparsekitError
+from .models._common import check_positive_int
 
 __all__ = [
     "TargetShape",
@@ -55,6 +58,7 @@ __all__ = [
     "existence_probability",
     "simulate_existence",
     "trial_seed",
+    "mask_entries_per_trial",
     "lower_bound_width",
     "path_probability",
     "minimal_path_width",
@@ -126,14 +130,6 @@ class TargetShape:
         return torch.ones(self.widths[l - 1], prev, self.kernels[l - 1], dtype=torch.bool)
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
-
-
 def _weight_layers(model: nn.Module, what: str) -> list[tuple[str, nn.Module]]:
     out = []
     for name, m in model.named_modules():
@@ -163,7 +159,7 @@ def target_shape(target: Sequence[int] | nn.Module | TargetShape) -> TargetShape
     if isinstance(target, (str, bytes)) or not isinstance(target, Sequence):
         raise TypeError("target must be a sequence of widths (d, n_1, ..., n_L), e.g. (784, 300, 100, 10), or an "
                         f"nn.Module; got {type(target).__name__}")
-    widths = [_positive_int(w, f"target width {i}") for i, w in enumerate(target)]
+    widths = [check_positive_int(w, f"target width {i}") for i, w in enumerate(target)]
     if len(widths) < 2:
         raise ValueError(f"target needs at least two widths (inputs and outputs, e.g. (784, 10)); got {list(target)}")
     d, ns = widths[0], tuple(widths[1:])
@@ -422,7 +418,7 @@ def _copies_of(shape: TargetShape, source_widths: object) -> tuple[int, ...]:
     if len(source_widths) != shape.depth + 1:
         raise ValueError(f"source_widths must have L + 1 = {shape.depth + 1} entries n_S,0..n_S,L (the source has "
                          f"one layer more than the target: the univariate layer 0); got {len(source_widths)}")
-    ns = [_positive_int(w, f"source width n_S,{i}") for i, w in enumerate(source_widths)]
+    ns = [check_positive_int(w, f"source width n_S,{i}") for i, w in enumerate(source_widths)]
     targets = (shape.input_dim, *shape.widths)
     for l, (n, t) in enumerate(zip(ns, targets, strict=True)):  # noqa: E741
         if n < t:
@@ -487,6 +483,13 @@ def source_fqn(layer: int) -> str:
     return f"{2 * layer + 1}.weight"
 
 
+def _binomial_stderr(rate: float, n: int) -> float:
+    """``sqrt(r (1 - r) / n)`` with ``r`` kept at least ``1/n`` away from 0 and 1 (a positive error for a run
+    without failures or without successes)."""
+    r = min(max(rate, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
+    return math.sqrt(r * (1.0 - r) / n)
+
+
 @dataclass(frozen=True)
 class ExistenceEstimate:
     """Result of :func:`simulate_existence`.
@@ -514,9 +517,7 @@ class ExistenceEstimate:
     def stderr(self) -> float:
         """Binomial standard error of :attr:`probability` (the estimate kept at least ``1/trials`` away from
         0 and 1, so that a run without failures still gets a positive error)."""
-        n = self.trials
-        r = min(max(self.probability, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
-        return math.sqrt(r * (1.0 - r) / n)
+        return _binomial_stderr(self.probability, self.trials)
 
     def agrees(self, k: float = 3.0) -> bool:
         """Whether the estimate is within ``k`` standard errors of the analytic value, the error taken at
@@ -566,17 +567,24 @@ def _layer_missing(key: int, p: float, rows: int, q_row: int, n_prev: int, q_pre
     return False
 
 
-def _first_layer_blocks(key0: int, p0: float, flow: str | None, seed: int, n0: int, d: int) -> torch.Tensor:
+def _layer0(d: int, n0: int) -> Any:
+    """The :class:`~sparsekit.layers.Layer` of source layer 0 (``1.weight`` of a meta-device mlp), for flow repair."""
+    from .layers import find_layers
+
+    with torch.device("meta"):
+        probe = nn.Sequential(nn.Flatten(), nn.Linear(d, n0))
+    return find_layers(probe)[0]
+
+
+def _first_layer_blocks(key0: int, p0: float, flow: str | None, seed: int, layer0: Any) -> torch.Tensor:
     """Input copied by each neuron of source layer 0, as :func:`embed_weak_ticket` assigns them, for the
     layer-0 mask ``sparsekit.prune`` draws (Bernoulli ``p0``; flow repair if ``flow``)."""
     from .flow import repair_flow
-    from .layers import find_layers
 
+    n0, d = layer0.shape
     mask = rng.bernoulli_flat(key0, n0 * d, p0).view(n0, d)
     if flow is not None:
-        with torch.device("meta"):
-            probe = nn.Sequential(nn.Flatten(), nn.Linear(d, n0))
-        repair_flow(find_layers(probe)[0], mask, p0, seed, flow)
+        repair_flow(layer0, mask, p0, seed, flow)
     return _assign_inputs(mask, d)
 
 
@@ -602,6 +610,15 @@ def _layer1_missing(key: int, p: float, rows: int, q_row: int, n0: int, input_of
         if bool((need & (blocks == 0)).any()):
             return True
     return False
+
+
+def mask_entries_per_trial(target: Sequence[int] | nn.Module | TargetShape, source_widths: Sequence[int]) -> int:
+    """Mask entries :func:`simulate_existence` draws per trial: ``sum_l q_l n_{T,l} n_{S,l-1} k_l`` (the rows of
+    the copies, full width)."""
+    shape = target_shape(target)
+    q = _copies_of(shape, source_widths)
+    return sum(q[l] * shape.widths[l - 1] * int(source_widths[l - 1]) * shape.kernels[l - 1]
+               for l in range(1, shape.depth + 1))
 
 
 def simulate_existence(
@@ -647,9 +664,8 @@ def simulate_existence(
     shape = target_shape(target)
     ps = _densities(densities, shape.depth)
     q = _copies_of(shape, source_widths)
-    trials = _positive_int(trials, "trials")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= rng.M64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    trials = check_positive_int(trials, "trials")
+    seed = validate_seed(seed)
     device = torch.device(device)
     ns = [int(w) for w in source_widths]
     depth = shape.depth
@@ -661,10 +677,11 @@ def simulate_existence(
     if flow not in (None, "repair"):
         raise ValueError(f"flow must be None or 'repair' (applied to layer 0 with input_density), got {flow!r}")
     patterns = [None if shape.patterns[l] is None else shape.patterns[l].to(device) for l in range(depth)]
+    layer0 = _layer0(shape.input_dim, ns[0]) if input_density is not None else None
     t0 = time.perf_counter()
     fails = [0] * depth
     successes = 0
-    entries = sum(q[l] * shape.widths[l - 1] * ns[l - 1] * shape.kernels[l - 1] for l in range(1, depth + 1))
+    entries = mask_entries_per_trial(shape, ns)
     for t in range(trials):
         s = trial_seed(seed, t)
         ok = True
@@ -673,7 +690,7 @@ def simulate_existence(
             n_prev_t = shape.input_dim if l == 1 else shape.widths[l - 2]
             if l == 1 and input_density is not None:
                 input_of = _first_layer_blocks(rng.stream_key(s, source_fqn(0), "mask"), input_density, flow, s,
-                                               ns[0], shape.input_dim)
+                                               layer0)
                 missing = _layer1_missing(key, ps[0], q[1] * shape.widths[0], q[1], ns[0], input_of,
                                           shape.input_dim, patterns[0], device)
             else:
@@ -727,7 +744,7 @@ def lower_bound_width(density: float, d: int, delta: float) -> float:
         The bound as a float; every integer width below it fails with probability above ``delta``.
     """
     p = _prob(density, "density")
-    d = _positive_int(d, "d")
+    d = check_positive_int(d, "d")
     delta = _delta(delta)
     return -math.log(-math.expm1(math.log1p(-delta) / d)) / -math.log1p(-p)
 
@@ -743,7 +760,7 @@ def path_probability(width: int, density: float, d: int) -> float:
     if n < 0:
         raise ValueError(f"width must be a non-negative integer, got {width!r}")
     p = _prob(density, "density", closed=True)
-    d = _positive_int(d, "d")
+    d = check_positive_int(d, "d")
     if p == 1.0:
         return 1.0 if n >= 1 else 0.0
     k = np.arange(n + 1, dtype=np.float64)
@@ -759,7 +776,7 @@ def minimal_path_width(density: float, d: int, delta: float) -> int:
     """Smallest hidden width with :func:`path_probability` ``>= 1 - delta``: a necessary width for a
     1-hidden-layer ER(p) source to represent every univariate target (sharper than Theorem 2.7)."""
     p = _prob(density, "density")
-    d = _positive_int(d, "d")
+    d = check_positive_int(d, "d")
     delta = _delta(delta)
     lo, hi = 0, max(1, math.ceil(lower_bound_width(p, d, delta)))
     while path_probability(hi, p, d) < 1.0 - delta:
@@ -815,8 +832,7 @@ class SubsetSumCheck:
     @property
     def stderr(self) -> float:
         """Binomial standard error of :attr:`success_rate` (at least that of one success in ``trials``)."""
-        r = min(max(self.success_rate, 1.0 / self.trials), 1.0 - 1.0 / self.trials)
-        return math.sqrt(r * (1.0 - r) / self.trials)
+        return _binomial_stderr(self.success_rate, self.trials)
 
 
 def _subset_sums(values: np.ndarray) -> np.ndarray:
@@ -872,19 +888,18 @@ def subset_sum_check(
         z: fixed target in [-1, 1], or None for a uniform target per trial.
         seed: counter-RNG seed.
     """
-    n = _positive_int(n, "n")
+    n = check_positive_int(n, "n")
     if n > MAX_SUBSET_N:
         raise ValueError(f"n must be at most {MAX_SUBSET_N} for the exact subset search (2^(n/2) sums per half); "
                          f"got {n}")
     p = _prob(density, "density", closed=True)
     eps = _prob(eps, "eps")
-    trials = _positive_int(trials, "trials")
+    trials = check_positive_int(trials, "trials")
     if z is not None:
         if isinstance(z, bool) or not isinstance(z, (int, float, np.floating)) or not -1.0 <= float(z) <= 1.0:
             raise ValueError(f"z must be a number in [-1, 1] (Lemma 2.1's targets), or None, got {z!r}")
         z = float(z)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= rng.M64:
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    seed = validate_seed(seed)
     t_signed = rng.threshold(p) - (1 << 31)
     successes = 0
     kept_total = 0
@@ -939,13 +954,11 @@ def _relu_mlp(model: nn.Module, what: str) -> list[nn.Linear]:
     return linears
 
 
-def _mask_of(p: nn.Parameter) -> torch.Tensor:
-    from .attach import _ATTR
-
-    h = getattr(p, _ATTR, None)
-    if h is None:
-        return torch.ones(p.shape, dtype=torch.bool, device=p.device)
-    return h.mask.bool().to(p.device)
+def _masks_of(model: nn.Module, layers: list[nn.Linear]) -> list[torch.Tensor]:
+    """The sparsekit mask of each layer's weight (all ones for an unmasked weight), on the CPU."""
+    masks = {id(p): mask for _, p, mask in masked_parameters(model)}
+    return [masks[id(m.weight)].cpu() if id(m.weight) in masks else torch.ones(m.weight.shape, dtype=torch.bool)
+            for m in layers]
 
 
 def _bounds(input_bounds: object, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1125,7 +1138,8 @@ def embed_weak_ticket(
     c = torch.clamp(-lo, min=0.0)  # layer-0 bias per input
 
     # Layer 0: univariate blocks.
-    m0 = _mask_of(s_layers[0].weight).cpu()
+    s_masks = _masks_of(source, s_layers)
+    m0 = s_masks[0]
     input_of = _assign_inputs(m0, d)
     w_t1 = t_layers[0].weight.detach().double().cpu()
     needed_inputs = (w_t1 != 0).any(dim=0)
@@ -1153,7 +1167,7 @@ def embed_weak_ticket(
         wt = t_layers[l - 1].weight.detach().double().cpu()
         bt = (t_layers[l - 1].bias.detach().double().cpu() if t_layers[l - 1].bias is not None
               else torch.zeros(n_t, dtype=torch.float64))
-        mask = _mask_of(s_layers[l].weight).cpu()
+        mask = s_masks[l]
         first = _first_edges(mask, prev_block, t_widths[l - 1])  # (n_s, n_{T,l-1})
         used = block >= 0
         need = torch.zeros(n_s, t_widths[l - 1], dtype=torch.bool)
@@ -1218,7 +1232,7 @@ def er_source(
         widths = [plan.target.input_dim, *plan.source_widths]
         ps = plan.densities if densities is None else _densities(densities, plan.target.depth)
     else:
-        widths = [_positive_int(w, f"width {i}") for i, w in enumerate(plan)]
+        widths = [check_positive_int(w, f"width {i}") for i, w in enumerate(plan)]
         if len(widths) < 3:
             raise ValueError("source widths must be (d, n_S,0, ..., n_S,L) with at least one target layer")
         if densities is None:

@@ -263,7 +263,8 @@ def test_first_layer_with_flow_repair_is_prunes_layer_0():
         source, _ = T.er_source([6, *WIDTHS], 0.5, input_density=0.1, seed=ts, flow="repair")
         masks = {name: mask for name, _, mask in sparsekit.masked_parameters(source)}
         emb_input_of = T._assign_inputs(masks["1.weight"], 6)  # what embed_weak_ticket assigns
-        sim_input_of = T._first_layer_blocks(rng.stream_key(ts, T.source_fqn(0), "mask"), 0.1, "repair", ts, 60, 6)
+        sim_input_of = T._first_layer_blocks(rng.stream_key(ts, T.source_fqn(0), "mask"), 0.1, "repair", ts,
+                                              T._layer0(6, 60))
         assert torch.equal(emb_input_of, sim_input_of)
         assert bool((sim_input_of >= 0).all())  # flow repair gives every neuron an input
 

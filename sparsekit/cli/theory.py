@@ -81,7 +81,7 @@ def widths(target_spec: str | None, model_spec: str | None, arch: str | None, tr
     weight counts and the probability that the construction succeeds. The target is --target (widths)
     or --model (a network; Theorem 2.6 for convolutions).
     """
-    from sparsekit.theory import simulate_existence, weak_ticket_widths
+    from sparsekit.theory import mask_entries_per_trial, simulate_existence, weak_ticket_widths
 
     if (target_spec is None) == (model_spec is None):
         raise click.UsageError("give the target as --target D,N1,...,NL or as --model SPEC (one of them)")
@@ -94,9 +94,7 @@ def widths(target_spec: str | None, model_spec: str | None, arch: str | None, tr
     plan = weak_ticket_widths(target, densities, delta, bound=bound)
     estimate = None
     if trials is not None:
-        t = plan.target
-        entries = sum(plan.copies[l] * t.widths[l - 1] * plan.source_widths[l - 1] * t.kernels[l - 1]
-                      for l in range(1, t.depth + 1))
+        entries = mask_entries_per_trial(plan.target, plan.source_widths)
         if not as_json:
             click.echo(f"simulating {trials} source networks: {entries:,} mask entries each "
                        f"({entries * trials:.3g} in all) ...", err=True)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import numbers
+
 from torch import nn
 
 __all__ = ["check_positive_int", "init_conv_bn"]
 
 
 def check_positive_int(value: object, name: str) -> int:
-    """``value`` if it is an ``int`` >= 1 (``bool`` is refused).
+    """``value`` as an ``int`` if it is an integer >= 1 (numpy integers too; ``bool`` is refused).
 
     Raises:
         TypeError: ``value`` is not an integer.
         ValueError: ``value`` is below 1.
     """
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer, got {type(value).__name__} {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
+    return int(value)
 
 
 def init_conv_bn(model: nn.Module) -> None:
