@@ -231,14 +231,15 @@ def _scripted_file(tmp_path: Path) -> Path:
 
 
 def test_torchscript_file_loads_with_its_layers(tmp_path):
-    model = load_model(str(_scripted_file(tmp_path)))
+    model = load_model(str(_scripted_file(tmp_path)), trust_pickle=True)
     assert isinstance(model, torch.jit.ScriptModule)
     assert [L.fqn for L in sparsekit.find_layers(model)] == MLP_LAYERS
     assert [L.module_type for L in sparsekit.find_layers(model)] == ["Linear"] * 3
 
 
 def test_torchscript_file_prunes(tmp_path):
-    result = run("prune", str(_scripted_file(tmp_path)), "-m", "pyramidal", "--density", "0.2", "--json")
+    result = run("prune", str(_scripted_file(tmp_path)), "--trust-pickle", "-m", "pyramidal", "--density", "0.2",
+                 "--json")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 0, result.output

@@ -11,9 +11,12 @@ Accepted model specs (:func:`load_model`):
   current folder is searched first, like ``python -m``.
 * a file:
 
-  - a TorchScript archive (``torch.jit.save``), loaded with ``torch.jit.load``;
-  - a ``torch.export`` archive (``.pt2``), loaded with ``torch.export.load(path).module()``; its
-    Linear/Conv weights are recognised from the exported graph (:func:`export_layer_layouts`);
+  - a TorchScript archive (``torch.jit.save``), loaded with ``torch.jit.load`` only with
+    ``trust_pickle=True`` (CLI ``--trust-pickle``): TorchScript is code and runs on load;
+  - a ``torch.export`` archive (``.pt2``), loaded with ``torch.export.load(path).module()`` after
+    :func:`sparsekit._safety.check_export_archive` proved it cannot run code (no pickled payloads,
+    only pure operators; SECURITY.md); its Linear/Conv weights are recognised from the exported graph
+    (:func:`export_layer_layouts`);
   - a state_dict (``torch.save(model.state_dict())``, possibly under a ``"state_dict"`` or ``"model"``
     key), loaded with ``torch.load(weights_only=True)`` into the architecture given by ``arch``
     (CLI ``--arch SPEC``), strictly;
@@ -35,7 +38,6 @@ import pickle
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +46,7 @@ import click
 import torch
 from torch import nn
 
+from sparsekit._safety import check_export_archive, check_regular_file, inspect_model_archive
 from sparsekit.errors import SparsekitError, UnsafeFileError
 from sparsekit.layers import LayerLayout, declare_layouts
 
@@ -242,39 +245,42 @@ def _load_factory(spec: str, module_name: str, attr: str, kw_text: str) -> nn.Mo
     return model
 
 
-def _zip_names(path: Path) -> list[str]:
-    if not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as zf:
-        return zf.namelist()
-
-
 def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module:
-    if path.is_dir():
-        raise IsADirectoryError(f"model {path} is a folder; give a model file or {SPEC_FORMS}")
+    check_regular_file(path, "model file")  # never read a device or FIFO (endless / blocking)
     if path.suffix.lower() == ".safetensors":
         obj = _load_safetensors_state_dict(path)
         return _state_dict_into_arch(path, obj, arch)
-    names = _zip_names(path)
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+    if _looks_like_safetensors(path):
+        return _state_dict_into_arch(path, _load_safetensors_state_dict(path), arch)
+    kind, names = inspect_model_archive(path)
+    if kind == "torchscript":
         _no_arch(str(path), arch, "it is a TorchScript archive")
+        if not trust_pickle:
+            raise UnsafeFileError(
+                f"{path} is a TorchScript archive: TorchScript is code (its __setstate__ and methods run when it "
+                "loads), so it is refused like a pickle; pass --trust-pickle (Python: trust_pickle=True) only if "
+                "you trust its source, or save a state_dict and load it with --arch")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
             try:
                 return torch.jit.load(str(path), map_location="cpu")
             except RuntimeError as e:
                 raise SparsekitError(f"cannot load TorchScript archive {path}: {_first_line(e)}") from e
-    if any(n.endswith("/archive_format") or (n.count("/") == 2 and "/models/" in n and n.endswith(".json"))
-           for n in names):
+    if kind == "export":
         _no_arch(str(path), arch, "it is a torch.export archive")
+        if not trust_pickle:
+            check_export_archive(path, names)
         return _load_exported(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        needs = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
+        if needs is None and not _looks_like_pickle(path):
+            raise SparsekitError(f"cannot read {path} as a model file: it is neither a torch file nor a pickle "
+                                 f"(random or corrupted bytes?); accepted: {SPEC_FORMS}") from None
         if not trust_pickle:
-            needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
             what = f" (it needs {needs.group(1)})" if needs else ""
             raise UnsafeFileError(
                 f"{path} is a pickled Python object{what}: loading it would execute arbitrary code from the "
@@ -290,6 +296,20 @@ def _load_file(path: Path, *, arch: str | None, trust_pickle: bool) -> nn.Module
         _no_arch(str(path), arch, "it holds a whole module")
         return obj
     return _state_dict_into_arch(path, obj, arch)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name: an 8-byte header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    return len(head) == 10 and head[8:10] in (b'{"', b"{}") and 2 <= int.from_bytes(head[:8], "little") < 1 << 40
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """A pickle starts with the PROTO opcode (protocol 2+) or is a zip written by torch.save."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK"
 
 
 def _load_safetensors_state_dict(path: Path) -> dict[str, torch.Tensor]:
