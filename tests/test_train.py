@@ -149,7 +149,7 @@ def test_checkpoint_refusals(tmp_path):
                            checkpoint_dir=tmp_path, resume=True)
     other = mlp()
     sparsekit.prune(other, method="er-erk", density=0.3, seed=6)
-    with pytest.raises(SparsekitError, match="masks differ"):
+    with pytest.raises(SparsekitError, match="masks were made with other settings .seed: checkpoint 5, now 6"):
         sparsekit.fit_weak(other, blobs(64), epochs=1, batch_size=32, device="cpu", progress=False,
                            checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(ValueError, match="checkpoint_dir"):

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from torch import nn
 
 import sparsekit
-from sparsekit.train.engine import CHECKPOINT_NAME
 
 from . import UserError, stdout_console
 from ._models import load_model
@@ -89,7 +89,8 @@ def _common_options(fn):
                      help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
                           "is downloaded."),
         click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
-                     help="Seed of the masks and weights (and of training unless --train-seed)."),
+                     help="Seed of the masks and of the initial weights of built models (and of training unless "
+                          "--train-seed)."),
         click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False),
                      default="repair", show_default=True, help="Flow preservation of the ER mask."),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True),
@@ -180,12 +181,12 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
     config = sparsekit.Method(method, method_options)
 
     data = load_data(data_spec, trust_pickle=trust_pickle)
-    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
-    resuming = resume and checkpoint_dir is not None and (checkpoint_dir / CHECKPOINT_NAME).exists()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # --seed fixes the initial weights too: two identical runs give identical weights
+        net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    # pruned also when resuming: fit_weak then refuses a checkpoint whose masks were made with other settings
     if ticket_path is not None:
         ticket = sparsekit.apply_ticket(net, ticket_path)
-    elif resuming:
-        ticket = None  # the checkpoint's ticket is attached by fit_weak
     else:
         ticket = sparsekit.prune(net, config, density, seed=seed, flow=flow.lower(), dense=dense, exact=exact)
     if main_rank and not no_progress and ticket is not None:

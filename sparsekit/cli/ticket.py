@@ -28,6 +28,7 @@ from torch import nn
 import sparsekit
 from sparsekit import TicketError
 from sparsekit._io import atomic_write_bytes
+from sparsekit._safety import escape_text
 from sparsekit.formats.codecs import entropy_bound_bytes
 from sparsekit.formats.ticket_file import read_ticket_metadata
 
@@ -114,9 +115,11 @@ def _bits(x: float | None) -> str:
 
 def _print_info(d: dict[str, Any], show_all: bool) -> None:
     console = stdout_console()
-    options = "".join(f", {k}={v!r}" for k, v in d["method_options"].items())
-    console.print(f"{d['file']}: kind {d['kind']}, method {d['method'] or '?'}{options}, seed {d['seed']}, "
-                  f"flow {d['flow'] or 'none'}, exact {'yes' if d['exact'] else 'no'}, rng {d['rng']}", markup=False)
+    options = "".join(f", {escape_text(str(k))}={escape_text(repr(v))}" for k, v in d["method_options"].items())
+    method = escape_text(d["method"]) or "?"
+    console.print(f"{escape_text(d['file'], 1000)}: kind {d['kind']}, method {method}{options}, "
+                  f"seed {d['seed']}, flow {d['flow'] or 'none'}, exact {'yes' if d['exact'] else 'no'}, "
+                  f"rng {escape_text(str(d['rng']))}", markup=False)
     t = d["totals"]
     console.print(f"density: target {_density(d['target_density'])}, realised {_density(d['realised_density'])} "
                   f"({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} layers)", markup=False)
@@ -125,9 +128,10 @@ def _print_info(d: dict[str, Any], show_all: bool) -> None:
     table.add_column("shape", no_wrap=True)
     for name in ("target", "realised", "nonzeros", "encoding", "bytes"):
         table.add_column(name, justify="right", no_wrap=True)
-    rows = [[Text(r["fqn"]), Text("×".join(map(str, r["shape"]))), Text(_density(r["target_density"])),
-             Text(_density(r["realised_density"])), Text(f"{r['nonzeros']:,}"), Text(r["encoding"]),
-             Text(f"{r['bytes']:,}")] for r in d["layers"]]
+    rows = [[Text(escape_text(r["fqn"], 1024)), Text("×".join(map(str, r["shape"]))),
+             Text(_density(r["target_density"])), Text(_density(r["realised_density"])),
+             Text(f"{r['nonzeros']:,}"), Text(escape_text(r["encoding"])), Text(f"{r['bytes']:,}")]
+            for r in d["layers"]]
     add_rows(table, rows, show_all=show_all)
     table.add_row(Text("total", style="bold"), Text(""), Text(_density(d["target_density"])),
                   Text(_density(d["realised_density"]), style="bold"), Text(f"{t['nonzeros']:,}"), Text(""),
@@ -135,7 +139,7 @@ def _print_info(d: dict[str, Any], show_all: bool) -> None:
     console.print(table)
     parts = [f"header {t['header_bytes']:,}", f"mask bits {t['mask_bytes']:,}"]
     if d["weights"] is not None:
-        dtype = d["weights"].get("dtype") or "as in the model"
+        dtype = escape_text(str(d["weights"].get("dtype") or "as in the model"))
         parts += [f"layer weights {t['weight_bytes']:,} ({dtype})", f"other state_dict entries {t['state_bytes']:,}"]
     console.print(f"file: {size_text(t['file_bytes'])}: {', '.join(parts)}", markup=False)
     console.print(f"{_bits(t['bits_per_kept_weight'])} bits per kept weight (entropy bound of the masks: "
@@ -207,8 +211,8 @@ def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, o
     'sparsekit prune'. OUT is written atomically and never replaced without --force.
     """
     check_out(out, force)
-    ticket = sparsekit.load_ticket(ticket_path)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
     sparsekit.apply_ticket(net, ticket, strict=strict)
     tensors = savable_state_dict(net)
     from safetensors.torch import save
@@ -275,10 +279,10 @@ def verify(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool) 
     pruned positions are zero, that the masks keep the recorded numbers of weights and, if the ticket
     stores weights, that the model's kept values equal the stored ones.
     """
-    ticket = sparsekit.load_ticket(ticket_path)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if any(p.is_meta for p in net.parameters()):
         raise ValueError(f"{model} is on the meta device (no values); materialise it to verify")
+    ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
     sparsekit.apply_ticket(net, ticket, strict=True)
     checked, compared = _verify(ticket, net)
     source = "rebuilt from seed" if ticket.kind == "er" else "decoded"

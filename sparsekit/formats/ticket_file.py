@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import __version__
 from .._io import atomic_write_bytes
+from .._safety import MAX_NAME_LENGTH, check_regular_file, escape_text
 from ..flow import repair_flow
 from ..layers import Layer, LayerLayout, check_layout, find_layers, type_name
 from ..masks import CompactMask
@@ -43,6 +44,12 @@ FORMAT = "sparsekit-ticket"
 FORMAT_VERSION = "1.0"
 KINDS = ("er", "rewired", "strong", "learned")
 _MAX_HEADER = 100 * 1024 * 1024
+MAX_ELEMENTS = 2**30
+"""Default cap on the total weights (elements) the masked layers of a ticket may declare when it is
+loaded without a model (formats/TICKET.md §9.2); override with ``load_ticket(max_elements=...)`` or the
+``SPARSEKIT_MAX_TICKET_ELEMENTS`` environment variable. With a model the model's own shapes bound the work."""
+_MAX_DIM = 2**62
+_MAX_LAYERS = 1_000_000
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
@@ -229,39 +236,62 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
             if len(head) < 8:
                 raise TicketError(f"{path} is not a ticket file: shorter than a safetensors header")
             n = int.from_bytes(head, "little")
-            if n > _MAX_HEADER or 8 + n > size:
+            if n > _MAX_HEADER:
+                raise TicketError(f"{path}: header length {n:,} bytes exceeds the {_MAX_HEADER:,}-byte limit for "
+                                  "ticket headers (not a ticket, or a hostile file)")
+            if 8 + n > size:
                 raise TicketError(f"{path} is not a valid safetensors file: header length {n} does not fit "
                                   f"the file size {size} (truncated or not a ticket)")
             raw = f.read(n)
     except OSError as e:
         raise TicketError(f"cannot read ticket file {path}: {e}") from e
-    try:
-        table = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TicketError(f"{path} is not a valid safetensors file: header is not JSON ({e})") from e
+    table = _json(path, raw, "the safetensors header")
     if not isinstance(table, dict):
         raise TicketError(f"{path}: safetensors header must be a JSON object")
     meta = table.pop("__metadata__", None)
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise TicketError(f"{path} has no sparsekit metadata: not a ticket file")
     data_len = size - 8 - n
-    end_max = 0
+    spans = []
     for name, info in table.items():
+        if len(name) > MAX_NAME_LENGTH + 16:
+            raise TicketError(f"{path}: a tensor name of {len(name):,} characters exceeds the limit of "
+                              f"{MAX_NAME_LENGTH + 16} (formats/TICKET.md §9.2)")
         ok = (isinstance(info, dict) and info.get("dtype") in _DTYPES and isinstance(info.get("shape"), list)
-              and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_DIM for d in info["shape"])
               and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
-              and all(isinstance(o, int) for o in info["data_offsets"]))
+              and all(isinstance(o, int) and not isinstance(o, bool) for o in info["data_offsets"]))
         if not ok:
-            raise TicketError(f"{path}: malformed entry for tensor {name!r} in the safetensors header")
+            raise TicketError(f"{path}: malformed entry for tensor {escape_text(name)!r} in the safetensors header")
         b, e = info["data_offsets"]
         itemsize = torch.empty(0, dtype=_DTYPES[info["dtype"]]).element_size()
         if not 0 <= b <= e <= data_len or e - b != math.prod(info["shape"]) * itemsize:
-            raise TicketError(f"{path}: tensor {name!r} points outside the file or has the wrong byte size "
-                              "(truncated or corrupted)")
-        end_max = max(end_max, e)
-    if end_max != data_len:
-        raise TicketError(f"{path}: {data_len - end_max} unexpected trailing bytes after the tensors (corrupted)")
+            raise TicketError(f"{path}: tensor {escape_text(name)!r} points outside the file or has the wrong byte "
+                              "size (truncated or corrupted)")
+        spans.append((b, e, name))
+    # the tensors must tile the data section: no overlaps, no gaps (formats/TICKET.md §9.1)
+    end = 0
+    for b, e, name in sorted(spans):
+        if b != end:
+            what = "overlaps the previous tensor" if b < end else f"leaves a gap of {b - end} bytes before it"
+            raise TicketError(f"{path}: tensor {escape_text(name)!r} {what}; tensors must tile the data section "
+                              "(corrupted or hostile file)")
+        end = e
+    if end != data_len:
+        raise TicketError(f"{path}: {data_len - end} unexpected trailing bytes after the tensors (corrupted)")
     return table, meta, 8 + n
+
+
+def _json(path: Path, raw: bytes | str, what: str) -> Any:
+    """``json.loads`` whose every failure (syntax, nesting depth, 5000-digit numbers) is a TicketError."""
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as e:
+        raise TicketError(f"{path} is not a valid safetensors file: {what} is not UTF-8 text ({e})") from None
+    except RecursionError:
+        raise TicketError(f"{path}: {what} is nested too deeply (corrupted or hostile file)") from None
+    except ValueError as e:  # JSONDecodeError, and integers longer than Python's digit limit
+        raise TicketError(f"{path}: {what} is not valid JSON ({escape_text(str(e), 120)})") from None
 
 
 def _parse_meta(path: Path, meta: dict[str, str]) -> dict[str, Any]:
@@ -275,10 +305,9 @@ def _parse_meta(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     if major > int(FORMAT_VERSION.split(".")[0]):
         raise TicketError(f"{path} uses ticket format {version}, newer than this sparsekit "
                           f"({__version__}, format {FORMAT_VERSION}); upgrade sparsekit to read it")
-    try:
-        t = json.loads(meta["ticket"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise TicketError(f"{path}: ticket metadata missing or not JSON ({e})") from e
+    if "ticket" not in meta:
+        raise TicketError(f"{path}: the ticket metadata is missing")
+    t = _json(path, meta["ticket"], "the ticket metadata")
     if not isinstance(t, dict):
         raise TicketError(f"{path}: ticket metadata must be a JSON object")
     return t
@@ -326,6 +355,25 @@ def _opt(row: dict[str, Any], key: str, types: type | tuple[type, ...], default:
     return v
 
 
+def _check_init(path: Path, init: Any) -> None:
+    """``init`` as TICKET.md §9.5 defines it: a known scheme, a decimal seed in [0, 2**64), a bool scale_fan."""
+    from ..init import INIT_SCHEMES
+
+    if not isinstance(init, dict):
+        raise TicketError(f"{path}: field 'init' must be an object, got {type(init).__name__}")
+    scheme = init.get("scheme")
+    if scheme not in INIT_SCHEMES:
+        raise TicketError(f"{path}: init scheme {escape_text(str(scheme), 60)!r} unknown; this sparsekit knows "
+                          f"{', '.join(INIT_SCHEMES)}")
+    seed = init.get("seed")
+    if not isinstance(seed, str) or not seed.isdigit() or len(seed) > 20 or not 0 <= int(seed) < 2**64:
+        raise TicketError(f"{path}: init seed must be a decimal string in [0, 2**64), got "
+                          f"{escape_text(repr(seed), 60)} ({type(seed).__name__})")
+    if not isinstance(init.get("scale_fan", False), bool):
+        raise TicketError(f"{path}: init scale_fan must be true or false, got "
+                          f"{escape_text(repr(init['scale_fan']), 60)}")
+
+
 def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
     """Read and validate a ticket's header and metadata (fast: no tensors are read, no masks built).
 
@@ -334,8 +382,10 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
             metadata is malformed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TicketError(f"ticket file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        check_regular_file(path, "ticket file")
+    except (OSError, ValueError) as e:
+        raise TicketError(str(e)) from None
     table, meta, offset = _read_header(path)
     t = _parse_meta(path, meta)
     where = str(path)
@@ -345,10 +395,10 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
     rng_id = _field(t, "rng", str, where)
     if kind == "er" and rng_id != RNG_ID:
         raise TicketError(f"{path}: masks derived with generator {rng_id!r}; this sparsekit implements {RNG_ID}")
-    try:
-        seed = int(_field(t, "seed", str, where))
-    except ValueError:
-        raise TicketError(f"{path}: seed is not an integer") from None
+    seed_text = _field(t, "seed", str, where)
+    if not seed_text.isdigit() or len(seed_text) > 20:
+        raise TicketError(f"{path}: seed {escape_text(seed_text, 40)!r} is not a decimal integer in [0, 2**64)")
+    seed = int(seed_text)
     if not 0 <= seed < 2**64:
         raise TicketError(f"{path}: seed out of range")
     flow = t.get("flow")
@@ -356,19 +406,30 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
         raise TicketError(f"{path}: unknown flow mode {flow!r}")
     exact = _field(t, "exact", bool, where)
     rows = _field(t, "layers", list, where)
+    if len(rows) > _MAX_LAYERS:
+        raise TicketError(f"{path}: {len(rows):,} layers exceed the limit of {_MAX_LAYERS:,}")
     for key, types in (("method", str), ("method_options", dict), ("density", (int, float)), ("dtype", str),
                        ("init", dict), ("fingerprint", dict), ("weights", dict)):
         _opt(t, key, types, None, where)
     default_dtype = t.get("dtype", "")
+    if "init" in t:
+        _check_init(path, t["init"])
     records, layouts = [], {}
     for i, row in enumerate(rows):
         rw = f"{path}: layer {i}"
         if not isinstance(row, dict):
             raise TicketError(f"{rw}: not an object")
         fqn = _field(row, "fqn", str, rw)
+        if not 0 < len(fqn) <= MAX_NAME_LENGTH:
+            raise TicketError(f"{rw}: layer name of {len(fqn):,} characters; names must have 1 to "
+                              f"{MAX_NAME_LENGTH} (formats/TICKET.md §9.2)")
+        if fqn in layouts:
+            raise TicketError(f"{rw}: layer {escape_text(fqn)} appears twice (duplicate rows)")
         shape = _field(row, "shape", list, rw)
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or len(shape) < 1:
-            raise TicketError(f"{rw} ({fqn}): bad shape {shape!r}")
+        if (not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_DIM for d in shape)
+                or not 1 <= len(shape) <= 8 or math.prod(shape) >= _MAX_DIM):
+            raise TicketError(f"{rw} ({escape_text(fqn)}): bad shape {escape_text(str(shape), 80)} (1 to 8 "
+                              f"non-negative sizes with fewer than 2**62 elements)")
         numel = math.prod(shape)
         p = _field(row, "density", (float, int), rw)
         if not 0 <= p <= 1:
@@ -377,21 +438,85 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
         if not 0 <= nnz <= numel:
             raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
         lay = _opt(row, "layout", list, [0, 1, 1], rw)
-        if not (len(lay) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in lay)):
+        if not (len(lay) == 3 and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) < _MAX_DIM
+                                      for x in lay)):
             raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
         layouts[fqn] = LayerLayout(*lay)
         counters = [_opt(row, k, int, 0, rw) for k in ("edges_added", "rows_repaired", "cols_repaired", "fallbacks")]
+        if not all(0 <= c < _MAX_DIM for c in counters):
+            raise TicketError(f"{rw} ({escape_text(fqn)}): flow-repair counters out of range")
         aliases = _opt(row, "aliases", list, [], rw)
-        if not all(isinstance(a, str) for a in aliases):
+        if not all(isinstance(a, str) and 0 < len(a) <= MAX_NAME_LENGTH for a in aliases):
             raise TicketError(f"{rw} ({fqn}): aliases must be strings")
         records.append(LayerRecord(fqn, _opt(row, "type", str, "", rw), tuple(shape), float(p), nnz, *counters,
                                    tuple(aliases), _opt(row, "dtype", str, default_dtype, rw)))
     return TicketHeader(path, table, offset, meta, t, kind, seed, flow, exact, rng_id, records, layouts, rows)
 
 
-def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> Ticket:
-    """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical)."""
+def _max_elements(max_elements: int | None) -> int:
+    if max_elements is not None:
+        if isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 0:
+            raise TypeError(f"max_elements must be a non-negative int or None, got {max_elements!r}")
+        return max_elements
+    env = os.environ.get("SPARSEKIT_MAX_TICKET_ELEMENTS")
+    if env is None:
+        return MAX_ELEMENTS
+    if not env.strip().isdigit():
+        raise TicketError(f"SPARSEKIT_MAX_TICKET_ELEMENTS={escape_text(env, 40)!r} is not a non-negative integer")
+    return int(env)
+
+
+def _check_bounds(h: TicketHeader, model: nn.Module | None, max_elements: int | None) -> None:
+    """Bound the work a ticket asks for before anything is allocated (formats/TICKET.md §9.2).
+
+    With a model, every layer must name one of its parameters with the same shape (so the masks are at
+    most as large as the model); without one, the masked layers together may declare at most
+    ``max_elements`` weights.
+    """
+    if model is not None:
+        problems = _shape_problems(model, h.records)
+        if problems:
+            raise TicketError(f"ticket {h.path} does not fit this model: " + "; ".join(problems))
+        return
+    cap = _max_elements(max_elements)
+    total = sum(r.numel for r in h.records if r.target_density < 1)
+    if total > cap:
+        raise TicketError(f"{h.path}: its masked layers declare {total:,} weights, over the limit of {cap:,} for a "
+                          "ticket loaded without its model; load it with the model (apply_ticket(model, path), "
+                          "load_ticket(path, model=...)) or raise the limit (max_elements=..., "
+                          "SPARSEKIT_MAX_TICKET_ELEMENTS)")
+
+
+def _shape_problems(model: nn.Module, records: list[LayerRecord]) -> list[str]:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [escape_text(r.fqn, 80) for r in records if r.fqn not in params]
+    wrong = [f"{escape_text(r.fqn, 80)} (ticket {tuple(r.shape)}, model {tuple(params[r.fqn].shape)})"
+             for r in records if r.fqn in params and tuple(params[r.fqn].shape) != tuple(r.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing in the model: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if wrong:
+        problems.append(f"shape differs: {'; '.join(wrong[:8])}")
+    return problems
+
+
+def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: nn.Module | None = None,
+                max_elements: int | None = None) -> Ticket:
+    """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical).
+
+    Args:
+        path: the ticket file.
+        device: where the masks are built.
+        model: the model the ticket is for; its layers must be there with the same shapes, checked before
+            any mask is built, so a ticket never asks for more work than the model's own size.
+        max_elements: without ``model``, the most weights the masked layers may declare together
+            (default :data:`MAX_ELEMENTS`, or the ``SPARSEKIT_MAX_TICKET_ELEMENTS`` environment variable).
+
+    Raises:
+        TicketError: anything wrong with the file, or it asks for more than the bound above.
+    """
     h = read_ticket_metadata(path)
+    _check_bounds(h, model, max_elements)
     raw = _read_tensors(h.path, h.table, h.offset)
     masks: dict[str, CompactMask] = {}
     for i, (row, rec) in enumerate(zip(h.rows, h.records, strict=True)):
@@ -457,14 +582,20 @@ def _decode_layer(row: dict[str, Any], raw: dict[str, torch.Tensor], fqn: str, s
     from .codecs import decode_indices
 
     payload = raw.get(f"mask/{fqn}")
-    if payload is None or payload.dtype != torch.uint8:
-        raise TicketError(f"{where} ({fqn}): mask bits missing from the file")
+    if payload is None:
+        raise TicketError(f"{where} ({fqn}): mask bits missing from the file (no tensor 'mask/{fqn}')")
+    if payload.dtype != torch.uint8 or payload.dim() != 1:
+        raise TicketError(f"{where} ({fqn}): mask tensor has dtype {str(payload.dtype).replace('torch.', '')} and "
+                          f"{payload.dim()} dimensions; mask payloads are 1-D U8 (formats/TICKET.md §9.3)")
     encoding = row.get("encoding")
     params = row.get("encoding_params", {})
     if not isinstance(encoding, str) or not isinstance(params, dict):
         raise TicketError(f"{where} ({fqn}): encoding missing")
     numel = math.prod(shape)
-    kept = decode_indices(encoding, payload.numpy().tobytes(), numel, params)
+    try:
+        kept = decode_indices(encoding, payload.numpy().tobytes(), numel, params)
+    except TicketError as e:
+        raise TicketError(f"{where} ({fqn}): {e}") from None
     kept_t = torch.from_numpy(np.ascontiguousarray(kept, dtype=np.int64))
     if 8 * kept_t.numel() < numel:
         return CompactMask(shape, kept_t.numel(), kept_t, None)
@@ -503,21 +634,17 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     from ..attach import _remember_ticket, attach, is_pruned
 
     if not isinstance(ticket, Ticket):
-        ticket = load_ticket(ticket)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [r.fqn for r in ticket.layers if r.fqn not in params]
-    wrong = [f"{r.fqn} (ticket {tuple(r.shape)}, model {tuple(params[r.fqn].shape)})"
-             for r in ticket.layers if r.fqn in params and tuple(params[r.fqn].shape) != tuple(r.shape)]
+        ticket = load_ticket(ticket, model=model)  # shapes checked against the model before any mask is built
+    names = [r.fqn for r in ticket.layers]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise TicketError(f"ticket lists layer {escape_text(dup[0], 80)} more than once (duplicate rows)")
+    problems = _shape_problems(model, ticket.layers)
     types = []
     if strict:
         owners = _owner_types(model)
         types = [f"{r.fqn} (ticket {r.module_type}, model {'/'.join(sorted(owners[r.fqn]))})" for r in ticket.layers
                  if r.fqn in owners and r.module_type and r.module_type not in owners[r.fqn]]
-    problems = []
-    if missing:
-        problems.append(f"missing in the model: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
-    if wrong:
-        problems.append(f"shape differs: {'; '.join(wrong[:8])}")
     if types:
         problems.append(f"module type differs: {'; '.join(types[:8])}")
     fp = ticket.file_fingerprint
@@ -533,11 +660,14 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
         raise TicketError("ticket does not fit this model: " + "; ".join(problems))
     if is_pruned(model):
         raise TicketError("the model already carries sparsekit masks; call sparsekit.finalize(model) first")
+    # every check runs before the first write: the model is changed completely or not at all
     weights = getattr(ticket, "weights", None)
     if weights:
         _check_weights(model, ticket, weights)
-    if ticket.init is not None:
-        _init_weights(model, ticket)
+    drawn = _draw_init_weights(model, ticket) if ticket.init is not None else {}
+    with torch.no_grad():
+        for fqn, value in drawn.items():
+            model.get_parameter(fqn).copy_(value)
     if weights:
         _load_weights(model, ticket, weights)
     attach(model, ticket.compact_masks)
@@ -547,29 +677,36 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
 
 
 @torch.no_grad()
-def _init_weights(model: nn.Module, ticket: Ticket) -> None:
-    """Re-draw the masked weights of a ticket with ``init`` from the counter RNG (TICKET.md §9.5)."""
-    from ..init import INIT_SCHEMES, init_weight
+def _draw_init_weights(model: nn.Module, ticket: Ticket) -> dict[str, torch.Tensor]:
+    """The masked weights of a ticket with ``init``, drawn from the counter RNG (TICKET.md §9.5).
 
-    init = ticket.init or {}
-    scheme = init.get("scheme")
-    if scheme not in INIT_SCHEMES:
-        raise TicketError(f"ticket init scheme {scheme!r} unknown; this sparsekit knows {INIT_SCHEMES}")
-    try:
-        seed = int(init.get("seed", ""))
-    except ValueError:
-        raise TicketError(f"ticket init seed {init.get('seed')!r} is not an integer") from None
-    scale_fan = init.get("scale_fan", False)
-    if not isinstance(scale_fan, bool):
-        raise TicketError(f"ticket init scale_fan must be true or false, got {scale_fan!r}")
+    Nothing is written: every layout is checked and every weight drawn first, so a bad layer leaves
+    the model untouched (apply_ticket writes them all afterwards).
+    """
+    from ..init import init_weight
+
+    init = ticket.init
+    _check_init(Path("ticket"), init)
+    seed, scale_fan = int(init["seed"]), init.get("scale_fan", False)
     for r in ticket.layers:
         layout = ticket.layouts.get(r.fqn)
         if layout is None:
             raise TicketError(f"ticket layer {r.fqn} has no layout; its weights cannot be rebuilt")
+        try:
+            check_layout(r.fqn, tuple(r.shape), layout)
+        except ValueError as e:
+            raise TicketError(f"ticket layer {r.fqn}: layout {list(layout)} does not fit its shape {tuple(r.shape)}: "
+                              f"{e}") from None
+    drawn = {}
+    for r in ticket.layers:
         p = model.get_parameter(r.fqn)
         d = r.nonzeros / r.numel if r.numel else 1.0
-        p.copy_(init_weight(r.fqn, tuple(p.shape), layout, scheme, seed, density=max(d, 1e-12), scale_fan=scale_fan,
-                            dtype=p.dtype, device=p.device))
+        try:
+            drawn[r.fqn] = init_weight(r.fqn, tuple(p.shape), ticket.layouts[r.fqn], init["scheme"], seed,
+                                       density=max(d, 1e-12), scale_fan=scale_fan, dtype=p.dtype, device=p.device)
+        except (ValueError, IndexError, RuntimeError, ZeroDivisionError) as e:
+            raise TicketError(f"ticket layer {r.fqn}: cannot draw its init weights: {e}") from None
+    return drawn
 
 
 def _owner_types(model: nn.Module) -> dict[str, set[str]]:

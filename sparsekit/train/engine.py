@@ -544,7 +544,15 @@ def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+_CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "step": int, "config": str, "algorithm_name": str, "model": dict, "optimizer": dict,
+    "scheduler": dict, "rng": dict, "history": str}
+
+
 def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    from .._safety import check_regular_file
+
+    check_regular_file(path, "checkpoint")
     try:
         ck = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unpickling failure means "not our checkpoint"
@@ -555,6 +563,18 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     if ck.get("version") != _CHECKPOINT_VERSION:
         raise SparsekitError(f"{path} is a checkpoint of format version {ck.get('version')}; this sparsekit reads "
                              f"version {_CHECKPOINT_VERSION}: resume it with the sparsekit that wrote it")
+    bad = [k for k, t in _CHECKPOINT_FIELDS.items() if not isinstance(ck.get(k), t) or isinstance(ck.get(k), bool)]
+    if not bad:
+        try:
+            config = json.loads(ck["config"])
+            history = json.loads(ck["history"])
+            if not isinstance(config, dict) or not isinstance(history, list) or ck["epoch"] < 0 or ck["step"] < 0:
+                bad = ["config/history/epoch/step"]
+        except (ValueError, RecursionError):
+            bad = ["config/history (not JSON)"]
+    if bad:
+        raise SparsekitError(f"checkpoint {path} is damaged or tampered: field {bad[0]} missing or of the wrong "
+                             "type; start a new run in another checkpoint_dir")
     return ck
 
 
@@ -566,8 +586,8 @@ def _ticket_payload(ticket: Any) -> torch.Tensor | None:
     return torch.frombuffer(bytearray(ticket_bytes(ticket)), dtype=torch.uint8)
 
 
-def load_checkpoint_ticket(ck: dict[str, Any]) -> Any:
-    """The ticket stored in a checkpoint (validated like a ticket file), or None."""
+def load_checkpoint_ticket(ck: dict[str, Any], model: nn.Module | None = None) -> Any:
+    """The ticket stored in a checkpoint (validated like a ticket file, bounded by ``model``), or None."""
     data = ck.get("ticket")
     if data is None:
         return None
@@ -575,8 +595,10 @@ def load_checkpoint_ticket(ck: dict[str, Any]) -> Any:
 
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "ticket.safetensors"
+        if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
+            raise SparsekitError("the checkpoint's ticket entry is not a 1-D uint8 tensor (tampered checkpoint)")
         p.write_bytes(data.cpu().numpy().tobytes())
-        return load_ticket(p)
+        return load_ticket(p, model=model)
 
 
 def _stats_from_dict(d: dict[str, Any]) -> EpochStats:
@@ -716,6 +738,7 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
     bar = _Progress(bool(progress) and d.is_main, cfg.epochs)
     ck = None
     ckpath = ckdir / CHECKPOINT_NAME if ckdir is not None else None
+    data_key = _data_key(train_data) if ckdir is not None else None
     if ckdir is not None and d.is_main:
         if ckdir.exists() and not ckdir.is_dir():
             raise NotADirectoryError(f"checkpoint_dir {ckdir} is a file; give a folder")
@@ -723,7 +746,7 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
     if resume and ckpath is not None:
         if ckpath.exists():
             ck = _read_checkpoint(ckpath, torch.device("cpu"))
-            _check_resume_config(ck, cfg, algorithm, ckpath)
+            _check_resume_config(ck, cfg, algorithm, ckpath, data_key)
             _restore_masks(model, ck, ckpath)
         else:
             bar.note(f"no checkpoint in {ckdir}: starting from epoch 1")
@@ -851,7 +874,7 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {}, "algorithm": algorithm.state_dict(),
                 "ticket": _ticket_payload(algorithm.ticket(model)), "rng": _rng_state(device),
-                "history": json.dumps(state.history.to_dicts()),
+                "history": json.dumps(state.history.to_dicts()), "data": data_key,
             })
             state.history.to_json(ckdir / "history.json")
         for cb in cbs:  # after the checkpoint: a callback that raises (or a kill) loses nothing
@@ -861,11 +884,47 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
     return state.history
 
 
-def _check_resume_config(ck: dict[str, Any], cfg: TrainConfig, algorithm: Algorithm, path: Path) -> None:
+def _data_key(train_data: Any) -> str:
+    """A fingerprint of the training data, taken without indexing it (which would draw augmentation randomness).
+
+    Type, length, the dataset's own ``repr`` (when it defines one: folder, split, augmentation) and a hash
+    of the start and end of its array attributes (``tensors`` of a TensorDataset, ``data``/``targets``).
+    """
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    try:
+        n: int | None = len(train_data)
+    except TypeError:
+        n = None
+    h.update(f"{type(train_data).__module__}.{type(train_data).__qualname__}:{n}".encode())
+    if type(train_data).__repr__ is not object.__repr__:
+        h.update(repr(train_data)[:2000].encode())
+    arrays = list(getattr(train_data, "tensors", ()) or ())
+    arrays += [getattr(train_data, a, None) for a in ("data", "targets", "labels", "images")]
+    for a in arrays:
+        if isinstance(a, torch.Tensor):
+            a = a.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        elif isinstance(a, np.ndarray):
+            a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        else:
+            continue
+        h.update(str(a.size).encode())
+        h.update(a[:65536].tobytes())
+        h.update(a[-65536:].tobytes())
+    return f"{n} samples, sha256 {h.hexdigest()[:16]}"
+
+
+def _check_resume_config(ck: dict[str, Any], cfg: TrainConfig, algorithm: Algorithm, path: Path,
+                         data_key: str | None = None) -> None:
     saved = json.loads(ck["config"])
     now = cfg.resume_key()
     diff = [f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)]
+    if data_key is not None and isinstance(ck.get("data"), str) and ck["data"] != data_key:
+        diff.append(f"training data: checkpoint {ck['data']}, now {data_key}")
     if ck.get("algorithm_name") != algorithm.name:
         diff.insert(0, f"method: checkpoint {ck.get('algorithm_name')!r}, now {algorithm.name!r}")
     if diff:
@@ -875,7 +934,7 @@ def _check_resume_config(ck: dict[str, Any], cfg: TrainConfig, algorithm: Algori
 
 def _restore_masks(model: nn.Module, ck: dict[str, Any], path: Path) -> None:
     """Attach the checkpoint's ticket to an unpruned model, or check a pruned model carries the same masks."""
-    ticket = load_checkpoint_ticket(ck)
+    ticket = load_checkpoint_ticket(ck, model)
     if ticket is None:
         return
     if not is_pruned(model):
@@ -883,6 +942,15 @@ def _restore_masks(model: nn.Module, ck: dict[str, Any], path: Path) -> None:
 
         apply_ticket(model, ticket, strict=False)
         return
+    now = ticket_of(model)
+    if now is not None and ticket.kind == "er" and getattr(now, "kind", None) == "er":
+        diff = [f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in (
+            ("method", ticket.method, now.method), ("density", ticket.density, now.density),
+            ("method options", dict(ticket.method_options), dict(now.method_options)), ("seed", ticket.seed, now.seed),
+            ("flow", ticket.flow, now.flow), ("exact", ticket.exact, now.exact)) if a != b]
+        if diff:
+            raise SparsekitError(f"cannot resume {path}: the masks were made with other settings ({'; '.join(diff)}); "
+                                 "resume with the same settings or start a new run in another checkpoint_dir")
     mine = dict((n, m) for n, _p, m in masked_parameters(model))
     theirs = ticket.compact_masks
     if set(mine) != set(theirs) or any(not torch.equal(mine[k].cpu(), theirs[k].bool().cpu()) for k in theirs):
