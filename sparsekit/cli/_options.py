@@ -47,6 +47,9 @@ def check_out(out: Path, force: bool, *, what: str = "--out") -> None:
     """Fail early when ``out`` exists (and ``force`` is false), is a folder, or its folder is missing."""
     if out.is_dir():
         raise IsADirectoryError(f"{what} {out} is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        raise ValueError(f"{what} {out} exists and is not a regular file (a device, FIFO or socket); it is "
+                               "never replaced, even with --force; give a file name")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force (or --overwrite) to replace it")
     if not out.resolve().parent.is_dir():

@@ -291,7 +291,7 @@ def _json(path: Path, raw: bytes | str, what: str) -> Any:
     except RecursionError:
         raise TicketError(f"{path}: {what} is nested too deeply (corrupted or hostile file)") from None
     except ValueError as e:  # JSONDecodeError, and integers longer than Python's digit limit
-        raise TicketError(f"{path}: {what} is not valid JSON ({escape_text(str(e), 120)})") from None
+        raise TicketError(f"{path}: {what} is not JSON ({escape_text(str(e), 120)})") from None
 
 
 def _parse_meta(path: Path, meta: dict[str, str]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from .._io import atomic_write_bytes, atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_text, clean_stale_temps
 from ..attach import _ATTR, is_pruned, mask_gradients, masked_parameters, ticket_of
 from ..errors import SparsekitError
 from ..rng import stream_key
@@ -744,6 +744,9 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
             raise NotADirectoryError(f"checkpoint_dir {ckdir} is a file; give a folder")
         ckdir.mkdir(parents=True, exist_ok=True)
     if resume and ckpath is not None:
+        if d.is_main:  # temp files a killed run left behind (kill -9 during a checkpoint write)
+            clean_stale_temps(ckpath)
+            clean_stale_temps(ckpath.parent / "history.json")
         if ckpath.exists():
             ck = _read_checkpoint(ckpath, torch.device("cpu"))
             _check_resume_config(ck, cfg, algorithm, ckpath, data_key)
