@@ -153,7 +153,8 @@ def _locate(root: Path, v: _Variant, train: bool) -> tuple[str, Path, tuple[str,
     base = root.parent if root.name in (v.bin_folder, v.py_folder) else root
 
     def option(label: str, folder: Path, files: tuple[str, ...]) -> str:
-        missing = [f for f in files if not (folder / f).is_file()]
+        missing = [f if not (folder / f).exists() else f"{f} (exists but is not a regular file)"
+                   for f in files if not (folder / f).is_file()]
         state = f" (folder exists; missing: {', '.join(missing)})" if folder.is_dir() else " (folder does not exist)"
         return f"  - {label}: {folder}/ containing {', '.join(files)}{state}"
 

@@ -21,12 +21,35 @@ from ..errors import SparsekitError, UnsafeFileError
 __all__ = ["safe_load", "ALLOWED_GLOBALS"]
 
 
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` inside a pickle: it may be passed to ``_reconstruct`` but not called,
+    since ``ndarray(shape)`` would allocate whatever the file declares before any data is read."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _Refused("call numpy.ndarray(...) directly (allocates memory the file only declares)")
+
+
+_NDARRAY = _NdarrayClass()
+_MAX_RECONSTRUCT = 1  # numpy pickles an empty array (shape (0,)) and fills it from the data that follows
+
+
 def _numpy_reconstruct() -> Callable[..., Any]:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+
+    def reconstruct(cls: Any, shape: Any, typecode: Any) -> Any:
+        """``_reconstruct`` for the empty placeholder numpy writes; ``__setstate__`` then checks the data
+        length against the declared shape, so no size is trusted before its bytes are there."""
+        if cls is not _NDARRAY and cls is not np.ndarray:
+            raise _Refused(f"rebuild an array of class {type(cls).__name__}")
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not all(isinstance(d, int) and 0 <= d for d in dims) or int(np.prod(dims, dtype=object)) > _MAX_RECONSTRUCT:
+            raise _Refused(f"allocate an uninitialised array of shape {str(shape)[:60]} before reading its data")
+        return _reconstruct(np.ndarray, dims, typecode)
+
+    return reconstruct
 
 
 def _numpy_frombuffer() -> Callable[..., Any]:
@@ -52,7 +75,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
-    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "ndarray"): lambda: _NDARRAY,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: _latin1_encode,
 }
@@ -82,7 +105,9 @@ def safe_load(path: Path, *, what: str) -> Any:
         UnsafeFileError: the file asks for any other global (the payload is never imported or called).
         SparsekitError: the file is not a readable pickle.
     """
-    data = path.read_bytes()
+    from .._safety import check_regular_file
+
+    data = check_regular_file(path, what).read_bytes()
     try:
         return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except _Refused as e:

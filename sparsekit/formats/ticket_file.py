@@ -695,7 +695,8 @@ def _draw_init_weights(model: nn.Module, ticket: Ticket) -> dict[str, torch.Tens
         try:
             check_layout(r.fqn, tuple(r.shape), layout)
         except ValueError as e:
-            raise TicketError(f"ticket layer {r.fqn}: layout {list(layout)} does not fit its shape {tuple(r.shape)}: "
+            lay = [layout.out_axis, layout.in_axis, layout.groups]
+            raise TicketError(f"ticket layer {r.fqn}: layout {lay} does not fit its shape {tuple(r.shape)}: "
                               f"{e}") from None
     drawn = {}
     for r in ticket.layers:
