@@ -92,6 +92,9 @@ def erk(layers: Sequence[Layer], density: float, power_scale: float = 1.0) -> di
     Args:
         power_scale: exponent on the raw ERK score (RigL's ``erk_power_scale``; 1.0 is ERK, 0.0 uniform).
     """
+    if isinstance(power_scale, bool) or not isinstance(power_scale, (int, float)) or not math.isfinite(power_scale):
+        raise ValueError(f"er-erk option power_scale must be a finite number (1.0 is ERK, 0.0 uniform), got "
+                         f"{power_scale!r}")
     raw = {L.fqn: (sum(L.shape) / L.numel) ** power_scale for L in layers}
     dense: set[str] = set()
     while True:

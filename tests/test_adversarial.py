@@ -631,3 +631,51 @@ def test_fit_weak_seed_fixes_the_weights(tmp_path):
         outs.append(sparsekit.load_ticket(out).weights)
     assert outs[0].keys() == outs[1].keys()
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+# --- one-line messages ---------------------------------------------------------------------------------------
+
+
+def test_messages_for_untrainable_models_and_bad_numbers(tmp_path):
+    g = _genuine_pt2(tmp_path / "g.pt2")
+    assert "cannot be trained" in error_line(run("fit", "weak", "--model", g, "--data", "synthetic:n=8,shape=4",
+                                                 "-d", "0.5", "--epochs", "1", "--no-progress"), 1)
+    assert "lr must be at most 1e+30" in error_line(run("fit", "weak", "--data", "synthetic:n=8,shape=4", "-d", "0.5",
+                                                        "--epochs", "1", "--lr", "1e300", "--no-progress"), 1)
+    assert "power_scale must be a finite number" in error_line(
+        run("prune", "sparsekit:mlp:in_features=4", "-m", "er-erk", "-d", "0.5", "-O", "power_scale=nan"), 1)
+    r = run("export", tmp_path / "t.st", "--model", "sparsekit:mlp", "--onnx", tmp_path / "o.onnx",
+            "--input-shape", "100000,100000")
+    assert r.exit_code != 0 and "over the limit of 268,435,456" in r.output
+    line = error_line(run("prune", _random_file(tmp_path / "r.pt"), "-d", "0.5"), 1)
+    assert "neither a torch file nor a pickle" in line
+    ticket = sparsekit.save_ticket(sparsekit.prune(nn.Sequential(nn.Linear(4, 3)), "er-uniform", 0.5),
+                                   tmp_path / "ticket.pt")
+    line = error_line(run("prune", ticket, "-d", "0.5"), 1)
+    assert "is a sparsekit ticket, not a model" in line
+
+
+def _random_file(path: Path) -> Path:
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+def test_tampered_checkpoint_is_one_line(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["fit", "weak", "--data", _DATA, "--density", "0.2", "--epochs", "1", "--checkpoint-dir", ck,
+            "--no-progress"]
+    assert run(*args).exit_code == 0
+    saved = torch.load(ck / "checkpoint.pt", weights_only=True)
+    del saved["config"]
+    torch.save(saved, ck / "checkpoint.pt")
+    assert "damaged or tampered: field config" in error_line(run(*args, "--resume"), 1)
+    (ck / "checkpoint.pt").write_bytes(b"")
+    assert "cannot read checkpoint" in error_line(run(*args, "--resume"), 1)
+    # a checkpoint whose ticket declares a huge layer is bounded by the model before anything is built
+    assert run(*args[:-3], "--checkpoint-dir", tmp_path / "ck2", "--no-progress").exit_code == 0
+    saved = torch.load(tmp_path / "ck2" / "checkpoint.pt", weights_only=True)
+    huge = _write_ticket(tmp_path / "huge.st", {"layers": [_huge_layer()]})
+    saved["ticket"] = torch.frombuffer(bytearray(huge.read_bytes()), dtype=torch.uint8)
+    torch.save(saved, tmp_path / "ck2" / "checkpoint.pt")
+    line = error_line(run(*args[:-3], "--checkpoint-dir", tmp_path / "ck2", "--no-progress", "--resume"), 1)
+    assert "does not fit this model" in line

@@ -16,6 +16,7 @@ and the median latency on random inputs.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 _SHAPE = re.compile(r"^\s*\d+(\s*[,x]\s*\d+)*\s*$")
 
 
+MAX_INPUT_ELEMENTS = 2**28
+"""Largest example input (elements) the CLI builds: 1 GiB of float32."""
+
+
 class ShapeType(click.ParamType):
     """``1,3,32,32`` (or ``1x3x32x32``) as a tuple of positive integers."""
 
@@ -50,6 +55,10 @@ class ShapeType(click.ParamType):
         shape = tuple(int(x) for x in re.split(r"[,x]", text.replace(" ", "")))
         if any(d < 1 for d in shape):
             self.fail(f"{text!r} has a size below 1; every size must be a positive integer", param, ctx)
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            self.fail(f"{text!r} has {math.prod(shape):,} elements, over the limit of {MAX_INPUT_ELEMENTS:,} for one "
+                      "example input (the export runs the model on it); give a small batch, e.g. 1,3,224,224",
+                      param, ctx)
         return shape
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:

@@ -91,6 +91,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 bad(name, "a finite number >= 0")
+            if v > _MAX_HYPER:  # SGD would overflow float32 weights in its first step
+                bad(name, f"at most {_MAX_HYPER:g} (larger values overflow float32 arithmetic)")
         if self.lr <= 0:
             bad("lr", "> 0")
         if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
@@ -113,6 +115,9 @@ class TrainConfig:
             d.pop(k)
         d["milestones"] = list(d["milestones"])
         return d
+
+
+_MAX_HYPER = 1e30
 
 
 @dataclass
@@ -553,10 +558,14 @@ def _read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     from .._safety import check_regular_file
 
     check_regular_file(path, "checkpoint")
+    if path.stat().st_size == 0:
+        raise SparsekitError(f"cannot read checkpoint {path}: the file is empty (0 bytes); start a new run in another "
+                             "checkpoint_dir")
     try:
         ck = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unpickling failure means "not our checkpoint"
-        raise SparsekitError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]} "
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SparsekitError(f"cannot read checkpoint {path}: {first} "
                              "(only sparsekit checkpoints are read, without executing code)") from None
     if not isinstance(ck, dict) or ck.get("format") != _CHECKPOINT_FORMAT:
         raise SparsekitError(f"{path} is not a sparsekit checkpoint")
@@ -757,6 +766,12 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
         raise FileExistsError(f"{ckpath} exists from an earlier run; pass resume=True (CLI: --resume) to continue "
                               "it, or choose another checkpoint_dir")
 
+    try:
+        model.train(model.training)  # torch.export programs have no train mode
+    except NotImplementedError as e:
+        raise SparsekitError(f"this model cannot be trained ({e}); a torch.export program (.pt2) is for inference: "
+                             "train the eager nn.Module (sparsekit:NAME, package.module:factory or a state_dict "
+                             "with --arch) and export it afterwards") from None
     model.to(device)
     state_model = model
     algorithm.setup(model, device)
