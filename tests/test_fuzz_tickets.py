@@ -107,3 +107,66 @@ def test_damaged_files_only_raise_ticket_error(valid, tmp_path, which, m):
     except TicketError:
         assert not sparsekit.is_pruned(model)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# --- hostile edits of the tensor table and the metadata text (issue 20) --------------------------------------
+
+
+def _table_edit(data: bytes, pick: int, key: str, value) -> bytes:
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    names = sorted(k for k in header if k != "__metadata__")
+    if key == "ticket_text":
+        header["__metadata__"]["ticket"] = value
+    elif names:
+        header[names[pick % len(names)]][key] = value
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+
+
+_big = st.one_of(st.integers(-3, 70), st.sampled_from([2**31, 2**32, 2**62, 2**63, 2**64, 10**30]))
+table_edit = st.one_of(
+    st.tuples(st.just("data_offsets"), st.lists(_big, min_size=0, max_size=3)),
+    st.tuples(st.just("shape"), st.lists(_big, min_size=0, max_size=4)),
+    st.tuples(st.just("dtype"), st.sampled_from(["U8", "I8", "F16", "F64", "BOOL", "X9", ""])),
+    st.tuples(st.just("ticket_text"), st.one_of(
+        st.integers(1, 3000).map(lambda d: "[" * d + "]" * d),
+        st.integers(4000, 6000).map(lambda d: '{"kind": "er", "seed": ' + "7" * d + "}"),
+        st.integers(1025, 5000).map(lambda k: json.dumps({
+            "kind": "er", "rng": sparsekit.rng.RNG_ID, "seed": "1", "exact": False, "flow": "repair",
+            "layers": [{"fqn": "x" * k, "shape": [2, 2], "density": 0.5, "nonzeros": 2}]})),
+        st.sampled_from(['{"kind": "er", "init": {"scheme": "kaiming-normal", "seed": [1]}}', "NaN", "{}", "[]",
+                         '{"kind": "er", "rng": "sk-ctr64-v1", "seed": "1", "exact": false, "layers": '
+                         '[{"fqn": "0.weight", "shape": [1e400], "density": 1, "nonzeros": 0}]}']))),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(which=st.sampled_from(["er", "weights", "rewired"]), pick=st.integers(0, 50), edit=table_edit)
+def test_hostile_table_and_metadata_edits_only_raise_ticket_error(valid, tmp_path, which, pick, edit):
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(_table_edit(valid[which], pick, *edit))
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        sparsekit.apply_ticket(model, path)
+    except TicketError:
+        assert not sparsekit.is_pruned(model)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_overlapping_tensors_are_rejected(valid, tmp_path):
+    n = struct.unpack("<Q", valid["weights"][:8])[0]
+    header = json.loads(valid["weights"][8:8 + n])
+    names = sorted(k for k in header if k != "__metadata__")
+    first, second = names[0], names[1]
+    header[second]["data_offsets"] = list(header[first]["data_offsets"])  # point at the same bytes
+    header[second]["shape"], header[second]["dtype"] = header[first]["shape"], header[first]["dtype"]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "overlap.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + valid["weights"][8 + n:])
+    with pytest.raises(TicketError, match="overlaps the previous tensor|leaves a gap|trailing bytes"):
+        sparsekit.load_ticket(path)
