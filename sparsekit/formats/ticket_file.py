@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ MAX_ELEMENTS = 2**30
 loaded without a model (formats/TICKET.md §9.2); override with ``load_ticket(max_elements=...)`` or the
 ``SPARSEKIT_MAX_TICKET_ELEMENTS`` environment variable. With a model the model's own shapes bound the work."""
 _MAX_DIM = 2**62
+_DECIMAL = re.compile(r"[0-9]{1,20}")  # ASCII digits only: str.isdigit() accepts '²', which int() refuses
 _MAX_LAYERS = 1_000_000
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -366,7 +368,7 @@ def _check_init(path: Path, init: Any) -> None:
         raise TicketError(f"{path}: init scheme {escape_text(str(scheme), 60)!r} unknown; this sparsekit knows "
                           f"{', '.join(INIT_SCHEMES)}")
     seed = init.get("seed")
-    if not isinstance(seed, str) or not seed.isdigit() or len(seed) > 20 or not 0 <= int(seed) < 2**64:
+    if not isinstance(seed, str) or not _DECIMAL.fullmatch(seed) or not 0 <= int(seed) < 2**64:
         raise TicketError(f"{path}: init seed must be a decimal string in [0, 2**64), got "
                           f"{escape_text(repr(seed), 60)} ({type(seed).__name__})")
     if not isinstance(init.get("scale_fan", False), bool):
@@ -396,7 +398,7 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
     if kind == "er" and rng_id != RNG_ID:
         raise TicketError(f"{path}: masks derived with generator {rng_id!r}; this sparsekit implements {RNG_ID}")
     seed_text = _field(t, "seed", str, where)
-    if not seed_text.isdigit() or len(seed_text) > 20:
+    if not _DECIMAL.fullmatch(seed_text) or int(seed_text) >= 2**64:
         raise TicketError(f"{path}: seed {escape_text(seed_text, 40)!r} is not a decimal integer in [0, 2**64)")
     seed = int(seed_text)
     if not 0 <= seed < 2**64:
@@ -461,7 +463,7 @@ def _max_elements(max_elements: int | None) -> int:
     env = os.environ.get("SPARSEKIT_MAX_TICKET_ELEMENTS")
     if env is None:
         return MAX_ELEMENTS
-    if not env.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,30}", env.strip()):
         raise TicketError(f"SPARSEKIT_MAX_TICKET_ELEMENTS={escape_text(env, 40)!r} is not a non-negative integer")
     return int(env)
 
