@@ -298,7 +298,9 @@ def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, dat
         raise UserError("give either --density (the initial ER density, e.g. 0.01) or --ticket FILE")
     _check_outputs(out, history_path, force, resume, checkpoint_dir, main_rank)
     data = load_data(data_spec, trust_pickle=trust_pickle)
-    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # --seed fixes the initial weights too
+        net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
     if ticket_path is not None:
         sparsekit.apply_ticket(net, ticket_path)
     else:
