@@ -339,6 +339,9 @@ def infer_input_shape(layers: Sequence[Layer], input_shape: Sequence[int] | None
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise ValueError(f"input_shape must be the shape of one input sample without the batch dimension, e.g. "
                              f"(3, 32, 32) or (64,); got {input_shape!r}")
+        if math.prod(shape) > 2**28:
+            raise ValueError(f"input_shape {shape} has {math.prod(shape):,} elements per sample, over the limit of "
+                             f"{2**28:,}; give the shape of one sample, e.g. (3, 32, 32)")
         return shape
     first = layers[0]
     if first.module_type == "Linear":

@@ -679,3 +679,20 @@ def test_tampered_checkpoint_is_one_line(tmp_path):
     torch.save(saved, tmp_path / "ck2" / "checkpoint.pt")
     line = error_line(run(*args[:-3], "--checkpoint-dir", tmp_path / "ck2", "--no-progress", "--resume"), 1)
     assert "does not fit this model" in line
+
+
+def test_input_shape_cap_for_synflow():
+    with pytest.raises(ValueError, match="over the limit of 268,435,456"):
+        sparsekit.prune(nn.Sequential(nn.Linear(4, 3)), "er-synflow", 0.5, input_shape=(100000, 100000))
+
+
+def test_write_errors_name_the_target_not_the_temp_file(tmp_path, monkeypatch):
+    import tempfile
+
+    def refuse(*args, dir=None, prefix="", **kw):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}abc.tmp")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=r"cannot write .*t\.bin: Permission denied") as info:
+        atomic_write_bytes(tmp_path / "t.bin", b"x")
+    assert ".tmp" not in str(info.value)
