@@ -211,6 +211,7 @@ def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, o
     'sparsekit prune'. OUT is written atomically and never replaced without --force.
     """
     check_out(out, force)
+    read_ticket_metadata(ticket_path)  # a bad ticket fails before the model is built (header only: quick)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
     sparsekit.apply_ticket(net, ticket, strict=strict)
@@ -279,6 +280,7 @@ def verify(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool) 
     pruned positions are zero, that the masks keep the recorded numbers of weights and, if the ticket
     stores weights, that the model's kept values equal the stored ones.
     """
+    read_ticket_metadata(ticket_path)  # a bad ticket fails before the model is built (header only: quick)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     if any(p.is_meta for p in net.parameters()):
         raise ValueError(f"{model} is on the meta device (no values); materialise it to verify")

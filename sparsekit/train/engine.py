@@ -905,8 +905,9 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
 def _data_key(train_data: Any) -> str:
     """A fingerprint of the training data, taken without indexing it (which would draw augmentation randomness).
 
-    Type, length, the dataset's own ``repr`` (when it defines one: folder, split, augmentation) and a hash
-    of the start and end of its array attributes (``tensors`` of a TensorDataset, ``data``/``targets``).
+    Type, length and a hash of the start and end of its array attributes (``tensors`` of a TensorDataset,
+    ``data``/``targets``); the dataset's own ``repr`` when it has no such arrays. Moving the files to
+    another folder keeps the fingerprint.
     """
     import hashlib
 
@@ -918,10 +919,11 @@ def _data_key(train_data: Any) -> str:
     except TypeError:
         n = None
     h.update(f"{type(train_data).__module__}.{type(train_data).__qualname__}:{n}".encode())
-    if type(train_data).__repr__ is not object.__repr__:
-        h.update(repr(train_data)[:2000].encode())
     arrays = list(getattr(train_data, "tensors", ()) or ())
     arrays += [getattr(train_data, a, None) for a in ("data", "targets", "labels", "images")]
+    arrays = [a for a in arrays if isinstance(a, (torch.Tensor, np.ndarray))]
+    if not arrays and type(train_data).__repr__ is not object.__repr__:
+        h.update(repr(train_data)[:2000].encode())  # no arrays to hash: the dataset's own description
     for a in arrays:
         if isinstance(a, torch.Tensor):
             a = a.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
