@@ -54,7 +54,7 @@ __all__ = ["load_model", "parse_kwargs", "export_layer_layouts", "model_options"
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
               "package.module:factory[:KEY=VALUE,...], or a model file "
-              "(TorchScript, torch.export .pt2, a state_dict with --arch, a pickled module with --trust-pickle)")
+              "(torch.export .pt2, a state_dict with --arch, TorchScript or a pickled module with --trust-pickle)")
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kwargs>.*))?$", re.S)
 _MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".safetensors", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
@@ -68,8 +68,8 @@ def model_options(fn: F) -> F:
     """The ``MODEL`` argument and the ``--arch``/``--trust-pickle`` options, shared by every command."""
     fn = click.option(
         "--trust-pickle", is_flag=True,
-        help="Allow loading a pickled module (torch.save(model)); this runs code from the file, so only "
-             "use it for files you trust.")(fn)
+        help="Allow loading a pickled module (torch.save(model)), a TorchScript archive or a .pt2 archive with "
+             "pickled payloads; this runs code from the file, so only use it for files you trust.")(fn)
     fn = click.option(
         "--arch", metavar="SPEC", default=None,
         help="Architecture for a state_dict file: sparsekit:NAME, torchvision:NAME[:K=V,...] or "

@@ -250,8 +250,8 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
     torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
-    package.module:factory[:KEY=VALUE,...], or a model file: TorchScript, torch.export (.pt2), a
-    state_dict (with --arch) or a pickled module (only with --trust-pickle).
+    package.module:factory[:KEY=VALUE,...], or a model file: torch.export (.pt2), a state_dict
+    (with --arch), or TorchScript or a pickled module (only with --trust-pickle: they run code).
     """
     config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
     _check_inputs(config, density, data_spec, source)
