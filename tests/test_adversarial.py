@@ -702,3 +702,35 @@ def test_write_errors_name_the_target_not_the_temp_file(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match=r"cannot write .*t\.bin: Permission denied") as info:
         atomic_write_bytes(tmp_path / "t.bin", b"x")
     assert ".tmp" not in str(info.value)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_resume_cleans_the_checkpoints_stale_temp_files(tmp_path):
+    ck = tmp_path / "ck"
+    args = ["fit", "weak", "--data", _DATA, "--density", "0.2", "--epochs", "1", "--checkpoint-dir", ck,
+            "--no-progress"]
+    assert run(*args).exit_code == 0
+    stale = ck / f".checkpoint.pt.sk{_HOST}-{_dead_pid()}-abcd.tmp"
+    stale.write_bytes(b"\0" * 1024)
+    other_host = ck / ".checkpoint.pt.skffffff-1-abcd.tmp"  # another machine's writer: never ours to delete
+    other_host.write_bytes(b"x")
+    r = run(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    assert not stale.exists() and other_host.exists()
+
+
+def test_legacy_temp_files_are_cleaned_only_when_old(tmp_path):
+    target = tmp_path / "t.bin"
+    old = tmp_path / ".t.bin.abcd1234.tmp"
+    fresh = tmp_path / ".t.bin.wxyz5678.tmp"
+    unrelated = tmp_path / ".t.bin.notours.txt"
+    for p in (old, fresh, unrelated):
+        p.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    atomic_write_bytes(target, b"data")
+    assert not old.exists() and fresh.exists() and unrelated.exists()
