@@ -509,11 +509,14 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from ._safety import check_regular_file
+
+    check_regular_file(path, "IMP state file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any failure means the run folder is damaged
-        raise SparsekitError(f"cannot read {path}: {str(e).splitlines()[0]}; start the IMP run in a new "
-                             "checkpoint_dir") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SparsekitError(f"cannot read {path}: {first}; start the IMP run in a new checkpoint_dir") from None
 
 
 class _ImpRound(Algorithm):
