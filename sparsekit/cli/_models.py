@@ -30,6 +30,7 @@ import ast
 import difflib
 import importlib
 import inspect
+import math
 import os
 import pickle
 import re
@@ -47,7 +48,9 @@ from torch import nn
 from sparsekit.errors import SparsekitError, UnsafeFileError
 from sparsekit.layers import LayerLayout, declare_layouts
 
-__all__ = ["load_model", "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
+from . import UserError
+
+__all__ = ["load_model", "build_model", "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
               "package.module:factory[:KEY=VALUE,...], or a model file "
@@ -173,6 +176,23 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
     if path.suffix.lower() in _MODEL_SUFFIXES or os.sep in spec or (os.altsep and os.altsep in spec):
         raise FileNotFoundError(f"model file {spec} does not exist")
     raise SparsekitError(f"cannot read model spec {spec!r}: it is no file and no builder; give {SPEC_FORMS}")
+
+
+def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
+    """The model for ``spec``; ``sparsekit:`` models get ``num_classes`` and input size from the data.
+
+    Without ``spec``, flat-vector data (digits) gets the paper-style MLP ``sparsekit:mlp``.
+    """
+    if spec is None:
+        if len(data.input_shape) != 1:
+            raise UserError(f"--model is required for {data.name} (e.g. --model sparsekit:resnet20)")
+        spec = "sparsekit:mlp"
+    defaults: dict[str, Any] = {"num_classes": data.num_classes}
+    if spec.split(":")[:2] == ["sparsekit", "mlp"]:
+        defaults["in_features"] = math.prod(data.input_shape)
+    elif len(data.input_shape) == 3:
+        defaults["in_channels"] = data.input_shape[0]
+    return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
 
 
 def _no_arch(spec: str, arch: str | None, why: str) -> None:

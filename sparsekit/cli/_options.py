@@ -15,15 +15,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import torch
 from rich.table import Table
 from rich.text import Text
 
+import sparsekit
+from sparsekit._registry import method_infos
+from sparsekit.densities import validate_density
+from sparsekit.errors import UnknownMethodError
+
+from . import UserError
+from ._models import parse_kwargs
+
 __all__ = ["MAX_ROWS", "SHOWN_AT_ENDS", "force_option", "json_option", "all_option", "check_out", "add_rows",
-           "size_text"]
+           "size_text", "MethodType", "DensityType", "parse_options", "WEIGHTS_DTYPES"]
 
 MAX_ROWS = 60
 """Tables with more rows show the first and last :data:`SHOWN_AT_ENDS` rows unless ``--all``."""
 SHOWN_AT_ENDS = 25
+WEIGHTS_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+"""``--weights-dtype`` choices."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,3 +83,61 @@ def size_text(nbytes: int) -> str:
         if nbytes >= scale:
             return f"{text} ({nbytes / scale:.1f} {unit})"
     return text
+
+
+def _method_names() -> str:
+    return ", ".join(f"{i.name} ({', '.join(i.aliases)})" if i.aliases else i.name for i in method_infos())
+
+
+class MethodType(click.ParamType):
+    """A registered method name or alias, resolved to its canonical name; choices come from the registry.
+
+    An unknown name is a user error (one line, exit status 1), not a usage error.
+    """
+
+    name = "method"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return sparsekit.get_method(str(value)).name
+        except UnknownMethodError:
+            raise UserError(f"--method: unknown method {value!r}; valid methods: {_method_names()} "
+                            "(see 'sparsekit methods')") from None
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join(sparsekit.list_methods()) + "]"
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        names = [n for i in method_infos() for n in (i.name, *i.aliases)]
+        return [CompletionItem(n) for n in names if n.startswith(incomplete.lower())]
+
+
+class DensityType(click.ParamType):
+    """A global density in (0, 1], checked by :func:`sparsekit.densities.validate_density`."""
+
+    name = "density"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"--density: {value!r} is not a number; give the fraction of weights to keep, "
+                            "in (0, 1], e.g. 0.01") from None
+        try:
+            return validate_density(number)
+        except ValueError as e:
+            raise UserError(f"--density: {e}") from None
+
+
+def parse_options(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
+    """Click callback of ``-O/--option KEY=VALUE`` (repeatable): the options as one dict."""
+    options: dict[str, Any] = {}
+    for value in values:
+        try:
+            parsed = parse_kwargs(value, what="--option")
+        except ValueError as e:
+            raise click.BadParameter(str(e), ctx, param) from e
+        options.update(parsed)
+    return options

@@ -16,26 +16,20 @@ and rank 0 writes.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
 import click
-from torch import nn
 
 import sparsekit
 from sparsekit.train.engine import CHECKPOINT_NAME
 
 from . import UserError, stdout_console
-from ._models import load_model
-from ._options import check_out, force_option, size_text
-from .prune import WEIGHTS_DTYPES, DensityType, MethodType, _parse_options
+from ._fit_common import _AMP, _check_outputs, _common_options, _finish, _main_rank
+from ._models import build_model
+from ._options import WEIGHTS_DTYPES, DensityType, MethodType, parse_options, size_text
 
-__all__ = ["fit", "weak", "build_model"]
-
-_AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
-
+__all__ = ["fit", "weak", "strong", "rewire_cmd"]
 
 class _FitGroup(click.Group):
     """``fit`` with ``imp`` loaded on demand (``fit_imp`` builds on this module's shared options)."""
@@ -58,100 +52,13 @@ def fit() -> None:
     trains while rewiring the mask with RigL or SET (paper §3, App. A.13)."""
 
 
-def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
-    """The model for ``spec``; ``sparsekit:`` models get ``num_classes`` and input size from the data.
-
-    Without ``spec``, flat-vector data (digits) gets the paper-style MLP ``sparsekit:mlp``.
-    """
-    if spec is None:
-        if len(data.input_shape) != 1:
-            raise UserError(f"--model is required for {data.name} (e.g. --model sparsekit:resnet20)")
-        spec = "sparsekit:mlp"
-    defaults: dict[str, Any] = {"num_classes": data.num_classes}
-    if spec.split(":")[:2] == ["sparsekit", "mlp"]:
-        defaults["in_features"] = math.prod(data.input_shape)
-    elif len(data.input_shape) == 3:
-        defaults["in_channels"] = data.input_shape[0]
-    return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
-
-
-def _common_options(fn):
-    """Options shared by ``fit weak`` and ``fit strong`` (model, data, optimiser, device, checkpoints, output)."""
-    for opt in reversed([
-        click.option("--model", "model_spec", metavar="SPEC", default=None,
-                     help="sparsekit:NAME (vgg16, vgg19, resnet18, resnet50, resnet20, resnet110, mlp; num_classes "
-                          "is taken from the data), torchvision:NAME, package.module:factory or a model file. "
-                          "Default for digits: sparsekit:mlp (64-512-512-10)."),
-        click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Allow pickled model files and pickled CIFAR batches that fail the official checksums."),
-        click.option("--data", "data_spec", metavar="SPEC", required=True,
-                     help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
-                          "is downloaded."),
-        click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
-                     help="Seed of the masks and weights (and of training unless --train-seed)."),
-        click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False),
-                     default="repair", show_default=True, help="Flow preservation of the ER mask."),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True),
-        click.option("--momentum", type=click.FloatRange(0), default=0.9, show_default=True),
-        click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per process."),
-        click.option("--amp", type=click.Choice(sorted(_AMP)), default="auto", show_default=True,
-                     help="auto: bf16 on GPUs that support it, off on the CPU."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-        click.option("--train-seed", type=click.IntRange(0, 2**63 - 1), default=None, metavar="INT",
-                     help="Seed of the data order and augmentation (default: --seed)."),
-        click.option("--num-workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: auto)."),
-        click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Write checkpoint.pt and history.json here after every epoch."),
-        click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (exactly)."),
-        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-                     help="Write the ticket to FILE.safetensors."),
-        force_option("Replace FILE given to --out if it exists."),
-        click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Write the per-epoch history as JSON to this file."),
-        click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def _check_outputs(out: Path | None, history_path: Path | None, force: bool, resume: bool,
-                   checkpoint_dir: Path | None, main_rank: bool) -> None:
-    if resume and checkpoint_dir is None:
-        raise UserError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
-    if out is not None:
-        if out.suffix.lower() != ".safetensors":
-            raise UserError(f"--out {out}: a ticket file must end in .safetensors")
-        if main_rank:
-            check_out(out, force)
-    if history_path is not None and main_rank:
-        check_out(history_path, force, what="--history")
-
-
-def _finish(history: Any, notes: list[str], history_path: Path | None) -> None:
-    if history_path is not None:
-        history.to_json(history_path)
-        notes.append(f"history written to {history_path}")
-    last = history[-1] if history else None
-    if last is not None:
-        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
-            f"train accuracy {last.train_acc:.4f}"
-        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
-                               markup=False)
-
-
-def _main_rank() -> bool:
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 @fit.command("weak", context_settings={"help_option_names": ["-h", "--help"]})
 @_common_options
 @click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
               help="Layerwise density scheme (see 'sparsekit methods').")
 @click.option("-d", "--density", type=DensityType(), default=None,
               help="Global fraction of weights to keep, in (0, 1]. Required unless --ticket.")
-@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=parse_options,
               help="Option of the method (repeatable).")
 @click.option("--dense", multiple=True, metavar="NAME", help="Keep this layer dense (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")

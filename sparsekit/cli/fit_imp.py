@@ -26,9 +26,9 @@ import sparsekit
 from sparsekit._io import atomic_write_text
 
 from . import UserError, stdout_console
-from ._options import size_text
-from .fit import _AMP, _check_outputs, _common_options, _main_rank, build_model
-from .prune import WEIGHTS_DTYPES, DensityType
+from ._fit_common import _AMP, _check_outputs, _common_options, _main_rank
+from ._models import build_model
+from ._options import WEIGHTS_DTYPES, DensityType, size_text
 
 __all__ = ["imp"]
 

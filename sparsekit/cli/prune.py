@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from rich.table import Table
 from rich.text import Text
 from torch import nn
@@ -36,66 +35,29 @@ from torch import nn
 import sparsekit
 import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from sparsekit._io import atomic_write_text
-from sparsekit._registry import method_infos
-from sparsekit.densities import validate_density
-from sparsekit.errors import UnknownMethodError
 from sparsekit.layers import FilterFn, default_filter
 
 from . import UserError, stdout_console
-from ._models import load_model, model_options, parse_kwargs
-from ._options import MAX_ROWS, SHOWN_AT_ENDS, add_rows, all_option, check_out, force_option, json_option, size_text
+from ._models import build_model, load_model, model_options
+from ._options import (
+    MAX_ROWS,
+    SHOWN_AT_ENDS,
+    WEIGHTS_DTYPES,
+    DensityType,
+    MethodType,
+    add_rows,
+    all_option,
+    check_out,
+    force_option,
+    json_option,
+    parse_options,
+    size_text,
+)
 
 __all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report", "MAX_ROWS", "SHOWN_AT_ENDS"]
 
 TICKET_SUFFIX = ".safetensors"
 """``--out`` files with this suffix get the ticket, any other the report as JSON."""
-WEIGHTS_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _method_names() -> str:
-    return ", ".join(f"{i.name} ({', '.join(i.aliases)})" if i.aliases else i.name for i in method_infos())
-
-
-class MethodType(click.ParamType):
-    """A registered method name or alias, resolved to its canonical name; choices come from the registry.
-
-    An unknown name is a user error (one line, exit status 1), not a usage error.
-    """
-
-    name = "method"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return sparsekit.get_method(str(value)).name
-        except UnknownMethodError:
-            raise UserError(f"--method: unknown method {value!r}; valid methods: {_method_names()} "
-                            "(see 'sparsekit methods')") from None
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "[" + "|".join(sparsekit.list_methods()) + "]"
-
-    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        from click.shell_completion import CompletionItem
-
-        names = [n for i in method_infos() for n in (i.name, *i.aliases)]
-        return [CompletionItem(n) for n in names if n.startswith(incomplete.lower())]
-
-
-class DensityType(click.ParamType):
-    """A global density in (0, 1], checked by :func:`sparsekit.densities.validate_density`."""
-
-    name = "density"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"--density: {value!r} is not a number; give the fraction of weights to keep, "
-                            "in (0, 1], e.g. 0.01") from None
-        try:
-            return validate_density(number)
-        except ValueError as e:
-            raise UserError(f"--density: {e}") from None
 
 
 def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[re.Pattern]:
@@ -106,17 +68,6 @@ def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequen
         except re.error as e:
             raise click.BadParameter(f"{value!r} is not a regular expression: {e}", ctx, param) from e
     return patterns
-
-
-def _parse_options(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for value in values:
-        try:
-            parsed = parse_kwargs(value, what="--option")
-        except ValueError as e:
-            raise click.BadParameter(str(e), ctx, param) from e
-        options.update(parsed)
-    return options
 
 
 def _names_of(module: nn.Module, module_fqn: str) -> list[str]:
@@ -218,7 +169,7 @@ def _title(spec: str, report: sparsekit.Report) -> str:
               help="Seed of the counter RNG; the same seed gives the same masks on every device.")
 @click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
               show_default=True, help="Flow preservation: random addition, rejection sampling, or none.")
-@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=parse_options,
               help="Option of the method, e.g. -o redistribute=False for er-balanced (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", callback=_compile_patterns,
               help="Leave out modules whose name or parameter name fully matches REGEX (repeatable).")
@@ -266,8 +217,6 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     inputs: dict[str, Any] = {}  # method inputs and options taken from --data/--from
     if data_spec is not None:
         from sparsekit.data import load_data
-
-        from .fit import build_model
 
         data = load_data(data_spec, trust_pickle=trust_pickle)
         net = build_model(model, data, arch=arch, trust_pickle=trust_pickle)
