@@ -22,7 +22,8 @@ from rich.console import Console
 
 from sparsekit import __version__
 
-__all__ = ["cli", "main", "SparsekitGroup", "UserError", "stdout_console", "debug_enabled", "USER_ERRORS"]
+__all__ = ["cli", "main", "SparsekitGroup", "UserError", "stdout_console", "terminal_width", "debug_enabled",
+           "USER_ERRORS"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError, KeyError)
 """Exceptions shown as one line; ``SparsekitError`` is a ``ValueError``, ``UnpicklingError`` is not caught."""
@@ -98,15 +99,30 @@ class SparsekitGroup(click.Group):
             raise UserError(_describe(error)) from error
 
 
+def terminal_width() -> int | None:
+    """Columns of the user's terminal: ``COLUMNS`` if set, else the size of stdout or stderr if either is a
+    terminal (so ``sparsekit prune ... | less`` fits the screen), else None."""
+    cols = os.environ.get("COLUMNS", "").strip()
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                return os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
 def stdout_console() -> Console:
     """A rich console on click's stdout (works under ``CliRunner`` and in pipes).
 
-    In a terminal, tables fit its width; otherwise (pipes, files, tests) lines are as long as their
-    content, so nothing is cut or folded. Rich drops colours without a terminal by itself.
+    Output is never wider than the terminal (:func:`terminal_width`); tables drop low-value columns and
+    shorten names from the left to fit. Without any terminal (files, tests) lines are as long as their
+    content. Rich drops colours without a terminal by itself.
     """
     stream = sys.stdout  # CliRunner swaps sys.stdout; click.get_text_stream is deprecated in click 8.5
-    width = None if stream.isatty() else _PIPE_WIDTH
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    return Console(file=stream, width=terminal_width() or _PIPE_WIDTH, highlight=False, soft_wrap=False)
 
 
 @click.group(cls=SparsekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -50,7 +50,8 @@ from sparsekit.layers import LayerLayout, declare_layouts
 
 from . import UserError
 
-__all__ = ["load_model", "build_model", "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
+__all__ = ["load_model", "build_model", "checkpoint_tensors", "read_state_dict_file",
+           "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
               "package.module:factory[:KEY=VALUE,...], or a model file "
@@ -60,6 +61,7 @@ _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.
 _MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".safetensors", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
 _NO_DOWNLOAD = ("weights", "weights_backbone")
 _MAX_LISTED = 5
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -333,15 +335,20 @@ def _state_dict_into_arch(path: Path, obj: object, arch: str | None) -> nn.Modul
     if state_dict is None:
         raise SparsekitError(f"{path} holds a {type(obj).__name__} that is neither a module nor a state_dict "
                              "(a dict of tensors, possibly under 'state_dict' or 'model')")
+    key = None if state_dict is obj else next(k for k in _STATE_DICT_KEYS if obj.get(k) is state_dict)  # type: ignore[attr-defined]
     if arch is None:
-        raise SparsekitError(
-            f"{path} is a state_dict ({len(state_dict)} tensors) without an architecture; pass --arch SPEC "
-            "(e.g. --arch torchvision:resnet18:num_classes=10 or --arch package.module:factory)")
-    if Path(arch).expanduser().exists():
-        raise SparsekitError(f"--arch {arch!r} is a file; give a builder: sparsekit:NAME, "
-                             "torchvision:NAME or package.module:factory")
-    model = load_model(arch)
-    _load_state_dict_strict(model, state_dict, path)
+        from ._state_dict_model import model_from_state_dict
+
+        model = model_from_state_dict(state_dict, path)  # layer kinds read from shapes and names
+    else:
+        if Path(arch).expanduser().exists():
+            raise SparsekitError(f"--arch {arch!r} is a file; give a builder: sparsekit:NAME, "
+                                 "torchvision:NAME or package.module:factory")
+        model = load_model(arch)
+        _load_state_dict_strict(model, state_dict, path)
+    from ._state_dict_model import SOURCE_ATTR
+
+    model.__dict__[SOURCE_ATTR] = (obj, key, list(state_dict))
     return model
 
 
@@ -368,7 +375,7 @@ def _find_state_dict(obj: object) -> Mapping[str, torch.Tensor] | None:
     if _is_tensor_dict(obj):
         return obj  # type: ignore[return-value]
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
+        for key in _STATE_DICT_KEYS:
             if _is_tensor_dict(obj.get(key)):
                 return obj[key]
     return None
@@ -545,3 +552,78 @@ def _load_exported(path: Path) -> nn.Module:
     gm = ep.module()
     _mark_export_layers(gm, known, unused)
     return gm
+
+
+# --- checkpoints as tensors ------------------------------------------------------------------------------
+
+
+def read_state_dict_file(path: Path) -> Mapping[str, torch.Tensor] | None:
+    """The state_dict a file holds (safetensors, or ``torch.save`` read with ``weights_only=True``, possibly
+    under a ``"state_dict"``/``"model"`` key), or None if the file holds something else (a module archive, a
+    pickled module). Nothing from the file runs as code.
+
+    Raises:
+        SparsekitError: the file is a sparsekit ticket or cannot be read.
+    """
+    if path.suffix.lower() == ".safetensors":
+        return _load_safetensors_state_dict(path)
+    names = _zip_names(path)
+    if any(n.endswith("/constants.pkl") or "/code/" in n or n.endswith("/archive_format") for n in names):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return None  # a pickled object: load_model explains --trust-pickle
+    except OSError:
+        raise
+    except Exception as e:  # torch.load raises KeyError, EOFError, UnicodeDecodeError, ... on non-torch files
+        raise SparsekitError(f"cannot read {path} as a model file ({type(e).__name__}: {_first_line(e)}); "
+                             f"accepted: {SPEC_FORMS}") from e
+    return _find_state_dict(obj)
+
+
+def checkpoint_tensors(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint as they are: a state_dict file read directly (no architecture needed),
+    any other model spec through :func:`load_model` and ``state_dict()``."""
+    path = Path(spec).expanduser()
+    if arch is None and path.is_file():
+        sd = read_state_dict_file(path)
+        if sd is not None:
+            return dict(sd)
+    net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    return {k: v.detach() for k, v in net.state_dict().items()}
+
+
+def write_state_dict(model: nn.Module, path: Path, *, overwrite: bool = False) -> int:
+    """Write ``model``'s state_dict with ``torch.save``, atomically, in the layout of the file it was loaded
+    from (under the same ``"state_dict"``/``"model"`` key, with the same ``module.`` prefix, the file's other
+    entries kept); models built from a spec get a plain state_dict. ``torch.load(path, weights_only=True)``
+    reads it. Returns the number of tensors written.
+
+    Raises:
+        ValueError: the model is on the meta device (it has no values to write).
+    """
+    import io
+
+    from sparsekit._io import atomic_write_bytes
+
+    from ._state_dict_model import SOURCE_ATTR
+
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = [k for k, v in sd.items() if v.is_meta]
+    if meta:
+        raise ValueError(f"the model's {', '.join(meta[:3])} are on the meta device (no values) and cannot be "
+                         "written; use a materialised model or write a ticket (.safetensors)")
+    obj: Any = sd
+    source = model.__dict__.get(SOURCE_ATTR)
+    if source is not None:
+        container, key, keys = source
+        if list(sd) != keys and [f"module.{k}" for k in sd] == keys:
+            sd = {f"module.{k}": v for k, v in sd.items()}
+        obj = sd if key is None else {**container, key: sd}
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+    return len(sd)

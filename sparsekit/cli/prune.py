@@ -28,36 +28,40 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 from rich.text import Text
 from torch import nn
 
 import sparsekit
 import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from sparsekit._io import atomic_write_text
+from sparsekit.densities import DEFAULT_DENSITY
 from sparsekit.layers import FilterFn, default_filter
 
 from . import UserError, stdout_console
-from ._models import build_model, load_model, model_options
+from ._models import build_model, load_model, model_options, write_state_dict
 from ._options import (
     MAX_ROWS,
     SHOWN_AT_ENDS,
     WEIGHTS_DTYPES,
+    Col,
     DensityType,
     MethodType,
-    add_rows,
     all_option,
     check_out,
     force_option,
     json_option,
     parse_options,
+    print_table,
     size_text,
 )
 
 __all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report", "MAX_ROWS", "SHOWN_AT_ENDS"]
 
 TICKET_SUFFIX = ".safetensors"
-"""``--out`` files with this suffix get the ticket, any other the report as JSON."""
+OUT_FORMATS = {".safetensors": "the ticket (with --weights kept: and the kept weights)",
+               ".pt": "the pruned state_dict (torch.save, loadable with weights_only=True)",
+               ".pth": "the pruned state_dict (as .pt)", ".json": "the report as JSON"}
+"""What ``prune --out`` writes, by the file's suffix; any other suffix is refused."""
 
 
 def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[re.Pattern]:
@@ -102,35 +106,37 @@ def _fmt_density(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _row(r: dict[str, Any]) -> list[Text]:
-    return [Text(r["fqn"]), Text("×".join(map(str, r["shape"]))), Text(f"{r['params']:,}"),
-            Text(_fmt_density(r["target_density"])), Text(_fmt_density(r["realised_density"])),
-            Text(f"{r['nonzeros']:,}"), Text(f"{r['edges_added']:,}"), Text(f"{r['rows_repaired']:,}"),
-            Text(f"{r['cols_repaired']:,}")]
+REPORT_COLUMNS = (Col("layer", right=False, name=True), Col("shape", right=False, drop=5), Col("params", drop=4),
+                  Col("target"), Col("realised"), Col("nonzeros"), Col("edges added", drop=3),
+                  Col("rows repaired", drop=1), Col("cols repaired", drop=2))
+"""The report's columns, named as in ``str(ticket.report())``; repairs go first when the terminal is narrow."""
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    return [r["fqn"], "×".join(map(str, r["shape"])), f"{r['params']:,}", _fmt_density(r["target_density"]),
+            _fmt_density(r["realised_density"]), f"{r['nonzeros']:,}", f"{r['edges_added']:,}",
+            f"{r['rows_repaired']:,}", f"{r['cols_repaired']:,}"]
 
 
 def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = False) -> None:
-    """Print ``report`` as a rich table with a totals row; long reports are cut in the middle."""
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("layer", overflow="fold")
-    table.add_column("shape", no_wrap=True)
-    for name in ("params", "target", "realised", "nonzeros", "edges added", "rows repaired", "cols repaired"):
-        table.add_column(name, justify="right", no_wrap=True)
-    add_rows(table, [_row(r) for r in report.rows], show_all=show_all)
+    """Print ``report`` as a table with a totals row, fitted to the terminal; long reports are cut in the middle."""
     t = report.totals
-    table.add_row(Text("total", style="bold"), Text(""), Text(f"{t['params']:,}"),
-                  Text(_fmt_density(t["target_density"])), Text(_fmt_density(t["realised_density"]), style="bold"),
-                  Text(f"{t['nonzeros']:,}"), Text(f"{t['edges_added']:,}"), Text(""),
-                  Text(f"{t['pairs_repaired']} pairs"))
+    total = [Text("total", style="bold"), "", f"{t['params']:,}", _fmt_density(t["target_density"]),
+             Text(_fmt_density(t["realised_density"]), style="bold"), f"{t['nonzeros']:,}", f"{t['edges_added']:,}",
+             "", f"{t['pairs_repaired']} pairs"]
     console = stdout_console()
     if title:
         console.print(title, markup=False)
-    console.print(table)
+    dropped = print_table(console, REPORT_COLUMNS, [_row(r) for r in report.rows], total=total, show_all=show_all)
+    layers = f"{t['layers']} layer{'s' if t['layers'] != 1 else ''}"
     console.print(
         f"global density: target {_fmt_density(t['target_density'])}, realised "
-        f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} "
-        f"layers); flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) "
-        "pairs", markup=False)
+        f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {layers}); "
+        f"flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) pairs",
+        markup=False)
+    if dropped:
+        console.print(f"(columns {', '.join(dropped)} left out to fit {console.width} columns; --json has them all)",
+                      markup=False, style="dim")
 
 
 def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: str | None,
@@ -146,8 +152,6 @@ def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: st
         raise UserError(f"--method {info.name} takes its layerwise densities from a ticket: give --from TICKET")
     if source is not None and "ticket" not in info.inputs:
         raise UserError(f"--from is the source ticket of er-from; --method {info.name} does not take one")
-    if density is None and info.default_density is None:
-        raise UserError("give --density, the global fraction of weights to keep, in (0, 1] (e.g. 0.01)")
 
 
 def _title(spec: str, report: sparsekit.Report) -> str:
@@ -163,14 +167,14 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
               help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods').")
 @click.option("-d", "--density", type=DensityType(), default=None,
-              help="Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Required, except "
-                   "for er-from (default: the --from ticket's density).")
+              help=f"Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Default: "
+                   f"{DEFAULT_DENSITY:g} (er-from: the --from ticket's density).")
 @click.option("-s", "--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, metavar="INT",
               help="Seed of the counter RNG; the same seed gives the same masks on every device.")
 @click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
               show_default=True, help="Flow preservation: random addition, rejection sampling, or none.")
 @click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=parse_options,
-              help="Option of the method, e.g. -o redistribute=False for er-balanced (repeatable).")
+              help="Option of the method, e.g. -O redistribute=False for er-balanced (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", callback=_compile_patterns,
               help="Leave out modules whose name or parameter name fully matches REGEX (repeatable).")
 @click.option("--dense", multiple=True, metavar="NAME",
@@ -183,8 +187,9 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @click.option("--from", "source", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="TICKET",
               help="Source ticket file of er-from (e.g. from 'sparsekit fit imp'): its layerwise densities are used.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Save the ticket to FILE if it ends in .safetensors (see 'sparsekit info'); write the "
-                   "report as JSON to any other FILE.")
+              help="By suffix: FILE.safetensors the ticket (see 'sparsekit info'), FILE.pt or .pth the pruned "
+                   "state_dict (in the input's layout; torch.load(weights_only=True) reads it), FILE.json "
+                   "the report.")
 @force_option("Replace FILE given to --out if it exists.")
 @click.option("--weights", type=click.Choice(["kept"]), default=None,
               help="With --out FILE.safetensors: also store the kept weight values and the unmasked "
@@ -206,7 +211,11 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     """
     config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
     _check_inputs(config, density, data_spec, source)
-    to_ticket = out is not None and out.suffix.lower() == TICKET_SUFFIX
+    suffix = out.suffix.lower() if out is not None else ""
+    if out is not None and suffix not in OUT_FORMATS:
+        raise UserError(f"--out {out}: the suffix says what to write; use "
+                        + "; ".join(f"{s} for {what}" for s, what in OUT_FORMATS.items()))
+    to_ticket = suffix == TICKET_SUFFIX
     if weights is not None and not to_ticket:
         raise UserError(f"--weights {weights} needs --out FILE{TICKET_SUFFIX} (a ticket file)")
     if weights_dtype is not None and weights is None:
@@ -243,14 +252,21 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         if to_ticket:
             sparsekit.save_ticket(ticket, out, weights=weights, overwrite=force,
                                   weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
-        else:
+            what = "ticket"
+        elif suffix == ".json":
             atomic_write_text(out, report.to_json() + "\n", overwrite=force)
-        note = f"; {'ticket' if to_ticket else 'report'} written to {out}, {size_text(out.stat().st_size)}"
+            what = "report"
+        else:
+            what = f"pruned state_dict ({write_state_dict(net, out, overwrite=force)} tensors)"
+        note = f"; {what} written to {out}, {size_text(out.stat().st_size)}"
     if as_json:
         click.echo(report.to_json())
         if note:
             click.echo(note[2:], err=True)
         return
-    print_report(report, title=_title(model, report), show_all=show_all)
+    default = ""
+    if density is None and source is None:
+        default = f" (the default density {DEFAULT_DENSITY:g}; set it with --density)"
+    print_report(report, title=_title(model, report) + default, show_all=show_all)
     stdout_console().print(f"pruned in {ticket.elapsed_s:.2f} s (model loaded in {loaded_s:.2f} s){note}",
                            markup=False)
