@@ -239,7 +239,7 @@ def print_table(console: Console, cols: Sequence[Col], rows: Sequence[Sequence[s
     body = [cells(r) for r in shown]
     for j, r in enumerate(body):
         if hidden and j == SHOWN_AT_ENDS:
-            table.add_row(Text(f"… {hidden} more (--all)", style="dim"))
+            table.add_row(Text(f"… {hidden} more layers (--all shows every layer)", style="dim"))
         table.add_row(*r, end_section=total is not None and j == len(body) - 1)
     if total is not None:
         table.add_row(*cells(total))

@@ -212,6 +212,8 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
     _check_inputs(config, density, data_spec, source)
     suffix = out.suffix.lower() if out is not None else ""
+    if out is not None:  # fail before the (possibly slow) model loading
+        check_out(out, force)
     if out is not None and suffix not in OUT_FORMATS:
         raise UserError(f"--out {out}: the suffix says what to write; use "
                         + "; ".join(f"{s} for {what}" for s, what in OUT_FORMATS.items()))
@@ -220,8 +222,6 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         raise UserError(f"--weights {weights} needs --out FILE{TICKET_SUFFIX} (a ticket file)")
     if weights_dtype is not None and weights is None:
         raise UserError("--weights-dtype needs --weights kept")
-    if out is not None:  # fail before the (possibly slow) model loading
-        check_out(out, force)
     started = time.perf_counter()
     inputs: dict[str, Any] = {}  # method inputs and options taken from --data/--from
     if data_spec is not None:
