@@ -4,8 +4,9 @@ Commands live in one module each (``sparsekit/cli/prune.py``, ``sparsekit/cli/me
 imported when invoked, so ``sparsekit --help`` stays quick. Mistakes in what the user asked for
 (:class:`~sparsekit.SparsekitError` and other ``ValueError``, ``TypeError``, ``OSError`` such as a
 missing file, ``ImportError`` for a missing optional dependency) print one line ``Error: <message>``
-to stderr and exit with status 1; click's usage errors exit with status 2. Set ``SPARSEKIT_DEBUG=1``
-to get the full traceback instead.
+to stderr and exit with status 1; so do usage errors (a missing argument, an unknown option or command,
+a bad option value), with a pointer to the command's ``--help``. Set ``SPARSEKIT_DEBUG=1`` to get the
+full traceback (and click's usage text) instead.
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ class SparsekitGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as error:  # one line and exit status 1, like every other mistake
+            if debug_enabled():
+                raise
+            where = error.ctx.command_path if error.ctx is not None else "sparsekit"
+            raise UserError(f"{error.format_message()} (see '{where} --help')") from error
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except USER_ERRORS as error:

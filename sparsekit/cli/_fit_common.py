@@ -49,6 +49,10 @@ def _common_options(fn):
         click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
                      help="Write the ticket to FILE.safetensors."),
         force_option("Replace FILE given to --out if it exists."),
+        click.option("--weights", type=click.Choice(["kept", "none"]), default="kept", show_default=True,
+                     help="What the --out ticket holds besides the masks: kept: the trained weights and the other "
+                          "state_dict entries, a complete model ('sparsekit apply' rebuilds it; fit strong stores "
+                          "the state and rebuilds its frozen weights from the seed); none: the masks only."),
         click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="Write the per-epoch history as JSON to this file."),
         click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines."),
@@ -76,11 +80,29 @@ def _finish(history: Any, notes: list[str], history_path: Path | None) -> None:
         notes.append(f"history written to {history_path}")
     last = history[-1] if history else None
     if last is not None:
-        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
-            f"train accuracy {last.train_acc:.4f}"
-        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
+        n = len(history)
+        if last.eval_acc is not None:
+            acc = f"last test accuracy {last.eval_acc:.4f}"
+            scored = [(h.eval_acc, i) for i, h in enumerate(history) if h.eval_acc is not None]
+            best_acc, best_i = max(scored, key=lambda s: (s[0], -s[1]))
+            if best_i != n - 1:
+                acc += f", best {best_acc:.4f} in epoch {best_i + 1} (the ticket holds the last epoch's model)"
+        else:
+            acc = f"last train accuracy {last.train_acc:.4f}"
+        stdout_console().print(f"trained {n} epoch{'s' if n != 1 else ''}: {acc}" + "".join(f"; {x}" for x in notes),
                                markup=False)
 
 
 def _main_rank() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def save_trained(ticket: Any, out: Path, net: Any, *, weights: str, force: bool, weights_dtype: Any = None) -> None:
+    """Write the trained ticket to ``out``: a complete model unless ``weights == "none"`` (masks only)."""
+    import sparsekit
+
+    if weights == "none":
+        sparsekit.save_ticket(ticket, out, overwrite=force)
+        return
+    kind = "state" if getattr(ticket, "init", None) is not None else "kept"  # strong: frozen weights from the seed
+    sparsekit.save_ticket(ticket, out, weights=kind, model=net, overwrite=force, weights_dtype=weights_dtype)

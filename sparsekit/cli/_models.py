@@ -50,7 +50,7 @@ from sparsekit.layers import LayerLayout, declare_layouts
 
 from . import UserError
 
-__all__ = ["load_model", "build_model", "checkpoint_tensors", "read_state_dict_file",
+__all__ = ["load_model", "build_model", "check_model_fits_data", "checkpoint_tensors", "read_state_dict_file",
            "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
@@ -194,7 +194,33 @@ def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: 
         defaults["in_features"] = math.prod(data.input_shape)
     elif len(data.input_shape) == 3:
         defaults["in_channels"] = data.input_shape[0]
-    return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
+    model = load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
+    check_model_fits_data(model, data, spec)
+    return model
+
+
+def check_model_fits_data(model: nn.Module, data: Any, spec: str) -> None:
+    """One forward pass on two zero inputs of the data's shape, before any training: a model that cannot take
+    the data, or gives another number of outputs than the data has classes, is one clear error."""
+    if any(p.is_meta for p in model.parameters()):
+        return
+    shape = tuple(data.input_shape)
+    hint = ("flat vectors such as digits fit an MLP (sparsekit:mlp, the default); images (C, H, W) fit a conv net "
+            "such as sparsekit:resnet20 (or digits:flat=false with a conv net)")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape)))
+    except Exception as e:  # any failure of the forward pass means the model does not take these inputs
+        raise UserError(f"--model {spec} does not fit --data {data.name}: on inputs of shape {shape} it fails with "
+                        f"{_first_line(e)}; {hint}") from e
+    finally:
+        model.train(was_training)
+    classes = getattr(data, "num_classes", None)
+    if isinstance(out, torch.Tensor) and classes and (out.dim() != 2 or out.shape[-1] != classes):
+        raise UserError(f"--model {spec} gives outputs of shape {tuple(out.shape)} for --data {data.name}, which "
+                        f"has {classes} classes; set the model's num_classes={classes}")
 
 
 def _no_arch(spec: str, arch: str | None, why: str) -> None:

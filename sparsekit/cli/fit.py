@@ -25,7 +25,7 @@ import sparsekit
 from sparsekit.train.engine import CHECKPOINT_NAME
 
 from . import UserError, stdout_console
-from ._fit_common import _AMP, _check_outputs, _common_options, _finish, _main_rank
+from ._fit_common import _AMP, _check_outputs, _common_options, _finish, _main_rank, save_trained
 from ._models import build_model
 from ._options import WEIGHTS_DTYPES, DensityType, MethodType, parse_options, size_text
 
@@ -73,8 +73,8 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
          density: float | None, seed: int, flow: str, method_options: dict[str, Any], dense: tuple[str, ...],
          exact: bool, ticket_path: Path | None, epochs: int, lr: float, momentum: float, weight_decay: float,
          batch_size: int, schedule: str, amp: str, device: str, train_seed: int | None, num_workers: int | None,
-         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights_dtype: str | None,
-         history_path: Path | None, no_progress: bool) -> None:
+         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights: str,
+         weights_dtype: str | None, history_path: Path | None, no_progress: bool) -> None:
     """Prune a model and train its kept weights: a weak lottery ticket (paper §2.2, App. A.7)."""
     from sparsekit.data import load_data
 
@@ -112,8 +112,8 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
     ticket = sparsekit.ticket_of(net)
     notes = []
     if out is not None and ticket is not None:
-        sparsekit.save_ticket(ticket, out, weights="kept", model=net, overwrite=force,
-                              weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
+        save_trained(ticket, out, net, weights=weights, force=force,
+                     weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
         notes.append(f"weak ticket written to {out}, {size_text(out.stat().st_size)}")
     _finish(history, notes, history_path)
 
@@ -137,7 +137,7 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
 def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
            lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
            train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
-           out: Path | None, force: bool, history_path: Path | None, no_progress: bool, density: float,
+           out: Path | None, force: bool, weights: str, history_path: Path | None, no_progress: bool, density: float,
            er_density: float, er_method: str, final_method: str | None, levels: int, epochs_per_level: int,
            init: str, scale_fan: bool, schedule: str) -> None:
     """Find a strong lottery ticket inside an ER network with edge-popup (paper §2.1, App. A.7, A.9)."""
@@ -161,7 +161,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
         return
     notes = [f"strong ticket density {ticket.realised_density:.4g} inside an ER source of density {er_density:g}"]
     if out is not None:
-        sparsekit.save_ticket(ticket, out, overwrite=force)
+        save_trained(ticket, out, net, weights=weights, force=force)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
     _finish(ticket.history, notes, history_path)
 
@@ -192,7 +192,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
 def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
                lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
                train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
-               out: Path | None, force: bool, history_path: Path | None, no_progress: bool, method: str,
+               out: Path | None, force: bool, weights: str, history_path: Path | None, no_progress: bool, method: str,
                density: float | None, ticket_path: Path | None, final_density: float | None, rewire_method: str,
                update_every: int, drop_fraction: float, drop_schedule: str, stop_at: float, no_flow_keep: bool,
                epochs: int, schedule: str) -> None:
@@ -220,6 +220,6 @@ def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, dat
     updates = ticket.method_options["rewire"]
     notes = [f"rewired ticket density {ticket.realised_density:.4g} after {updates['steps']} steps"]
     if out is not None:
-        sparsekit.save_ticket(ticket, out, overwrite=force)
+        save_trained(ticket, out, net, weights=weights, force=force)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
     _finish(ticket.history, notes, history_path)
