@@ -127,6 +127,9 @@ class Ticket:
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     #: fingerprint of the model a loaded ticket was saved from
     file_fingerprint: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: the model spec the ticket was made from on the command line: ``{"spec": str, "arch": str | None}``
+    #: (ticket format 1.1 field ``model``); None when unknown
+    model_spec: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     #: weak reference to the model the masks are attached to
     model_ref: Any = field(default=None, repr=False, compare=False)
 

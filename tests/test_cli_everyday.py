@@ -188,3 +188,65 @@ def test_long_names_are_shortened_from_the_left_at_80_columns(tmp_path):
     assert dropped == ["extra"]
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "…" in text and "query_key_value_projection.weight" in text and "1,234" in text
+
+
+# --- tickets record their model --------------------------------------------------------------------------
+
+
+def test_tickets_record_the_model_spec_for_info_apply_verify(tmp_path):
+    from sparsekit.formats.ticket_file import read_ticket_metadata
+
+    path, applied = tmp_path / "t.safetensors", tmp_path / "applied.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path)
+    h = read_ticket_metadata(path)
+    assert h.ticket["model"] == {"spec": MLP} and h.meta["format_version"] == "1.1"
+    assert f"model: {MLP}" in ok("info", path).stdout
+    assert json.loads(ok("info", path, "--json").stdout)["model"] == {"spec": MLP}
+    ok("apply", path, "-o", applied)  # MODEL defaults to the recorded spec
+    ok("verify", path, applied)
+    line = error_line(run("verify", path), 1)  # the recorded builder gives an unpruned model
+    assert "hold nonzero values" in line
+    line = error_line(run("apply", path, "models:TiedLM", "-o", tmp_path / "x.safetensors"), 1)
+    assert f"made from {MLP}" in line
+    # a ticket written from Python records no model: MODEL is then required, and the file stays format 1.0
+    py = tmp_path / "py.safetensors"
+    sparsekit.save_ticket(sparsekit.prune(mlp(SIZES), density=0.2), py)
+    assert read_ticket_metadata(py).meta["format_version"] == "1.0"
+    assert "give MODEL" in error_line(run("apply", py, "-o", tmp_path / "y.safetensors"), 1)
+
+
+def test_recorded_model_follows_the_schema_and_is_checked_by_the_reader(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from sparsekit.formats.ticket_file import read_ticket_metadata
+
+    path = tmp_path / "t.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path)
+    schema = json.loads((ROOT / "formats" / "ticket.schema.json").read_text())
+    meta = read_ticket_metadata(path).ticket
+    jsonschema.validate(meta, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**meta, "model": {"arch": "x"}}, schema)
+    data = path.read_bytes()
+    bad = data.replace(b'\\"model\\":{\\"spec\\":', b'\\"model\\":{\\"spex\\":')
+    assert bad != data
+    path.write_bytes(bad)
+    with pytest.raises(sparsekit.TicketError, match="model"):
+        sparsekit.load_ticket(path)
+
+
+def test_no_strict_is_named_as_the_cli_flag(tmp_path):
+    path = tmp_path / "t.safetensors"
+    ok("prune", MLP, "-d", "0.2", "-o", path)
+    (tmp_path / "cli_extra_models.py").write_text(
+        "from torch import nn\n\ndef bigger():\n    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), "
+        "nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4), nn.Linear(4, 4))\n")
+    import os as _os
+
+    cwd = _os.getcwd()
+    _os.chdir(tmp_path)
+    try:
+        sys.modules.pop("cli_extra_models", None)
+        line = error_line(run("apply", path, "cli_extra_models:bigger", "-o", tmp_path / "o.safetensors"), 1)
+    finally:
+        _os.chdir(cwd)
+    assert "--no-strict" in line and "strict=False" not in line

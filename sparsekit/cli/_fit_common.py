@@ -101,6 +101,9 @@ def save_trained(ticket: Any, out: Path, net: Any, *, weights: str, force: bool,
     """Write the trained ticket to ``out``: a complete model unless ``weights == "none"`` (masks only)."""
     import sparsekit
 
+    from ._models import spec_of
+
+    ticket.model_spec = {"spec": spec_of(net, "sparsekit:mlp"), "arch": None}
     if weights == "none":
         sparsekit.save_ticket(ticket, out, overwrite=force)
         return

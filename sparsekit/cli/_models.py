@@ -50,7 +50,8 @@ from sparsekit.layers import LayerLayout, declare_layouts
 
 from . import UserError
 
-__all__ = ["load_model", "build_model", "check_model_fits_data", "checkpoint_tensors", "read_state_dict_file",
+__all__ = ["load_model", "build_model", "spec_of",
+           "check_model_fits_data", "checkpoint_tensors", "read_state_dict_file",
            "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
@@ -196,7 +197,22 @@ def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: 
         defaults["in_channels"] = data.input_shape[0]
     model = load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
     check_model_fits_data(model, data, spec)
+    if spec.startswith("sparsekit:"):  # record the keyword arguments taken from the data
+        name, _, kw_text = spec[len("sparsekit:"):].partition(":")
+        given = parse_kwargs(kw_text)
+        extra = [f"{k}={v!r}" for k, v in defaults.items() if k not in given]
+        spec = f"sparsekit:{name}:" + ",".join([kw_text.strip(",")] * bool(kw_text.strip(",")) + extra)
+    model.__dict__[SPEC_ATTR] = spec
     return model
+
+
+SPEC_ATTR = "_sparsekit_model_spec"
+"""Attribute (in ``module.__dict__``) of a model from :func:`build_model`: its spec with the data's defaults."""
+
+
+def spec_of(model: nn.Module, spec: str) -> str:
+    """The spec that rebuilds ``model`` (with the defaults :func:`build_model` took from the data)."""
+    return model.__dict__.get(SPEC_ATTR, spec)
 
 
 def check_model_fits_data(model: nn.Module, data: Any, spec: str) -> None:

@@ -38,7 +38,7 @@ from sparsekit.densities import DEFAULT_DENSITY
 from sparsekit.layers import FilterFn, default_filter
 
 from . import UserError, stdout_console
-from ._models import build_model, load_model, model_options, write_state_dict
+from ._models import build_model, load_model, model_options, spec_of, write_state_dict
 from ._options import (
     MAX_ROWS,
     SHOWN_AT_ENDS,
@@ -246,6 +246,7 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         inputs["density"] = density
     ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
                              exact=exact, **inputs)
+    ticket.model_spec = {"spec": spec_of(net, model), "arch": arch}
     report = ticket.report()
     note = ""
     if out is not None:

@@ -31,10 +31,11 @@ from sparsekit.formats.codecs import entropy_bound_bytes
 from sparsekit.formats.ticket_file import read_ticket_metadata
 
 from . import UserError, stdout_console
-from ._models import checkpoint_tensors, load_model, model_options
+from ._models import checkpoint_tensors, load_model
 from ._options import Col, all_option, check_out, force_option, json_option, print_table, size_text
 
-__all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits", "check_checkpoint"]
+__all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits", "check_checkpoint",
+           "ticket_model", "with_model_hint"]
 
 _TICKET_PATH = click.Path(dir_okay=False, path_type=Path)
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -42,6 +43,41 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 def _ticket_argument(fn: Any) -> Any:
     return click.argument("ticket_path", metavar="TICKET", type=_TICKET_PATH)(fn)
+
+
+def ticket_model(ticket_path: Path, model: str | None, arch: str | None) -> tuple[str, str | None]:
+    """``(MODEL, --arch)``: as given, or the model spec the ticket records (format 1.1 field ``model``)."""
+    if model is not None:
+        return model, arch
+    recorded = read_ticket_metadata(ticket_path).ticket.get("model")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("spec"), str):
+        raise UserError(f"give MODEL: {ticket_path} does not record the model it was made from (it was written by "
+                        "Python code or an older sparsekit)")
+    return recorded["spec"], arch if arch is not None else recorded.get("arch")
+
+
+def with_model_hint(error: Exception, ticket_path: Path) -> Exception:
+    """``error`` with the ticket's recorded model named, if it records one; CLI wording for library hints."""
+    text = str(error).replace("pass strict=False", "pass --no-strict")
+    try:
+        recorded = read_ticket_metadata(ticket_path).ticket.get("model")
+    except (TicketError, OSError):
+        recorded = None
+    if isinstance(recorded, dict) and isinstance(recorded.get("spec"), str):
+        arch = f" --arch {recorded['arch']}" if recorded.get("arch") else ""
+        text += f" (the ticket was made from {recorded['spec']}{arch})"
+    return type(error)(text) if isinstance(error, TicketError) else TicketError(text)
+
+
+def _optional_model(fn: Any) -> Any:
+    """``[MODEL]`` (default: the model the ticket records) with ``--arch`` and ``--trust-pickle``."""
+    fn = click.option(
+        "--trust-pickle", is_flag=True,
+        help="Allow loading a pickled module (torch.save(model)); this runs code from the file, so only "
+             "use it for files you trust.")(fn)
+    fn = click.option("--arch", metavar="SPEC", default=None,
+                      help="Architecture for a state_dict MODEL file (default: the one the ticket records).")(fn)
+    return click.argument("model", metavar="[MODEL]", required=False, default=None)(fn)
 
 
 def binary_entropy_bits(numel: int, nnz: int) -> float:
@@ -92,8 +128,10 @@ def ticket_info(path: Path) -> dict[str, Any]:
         "rng": t.get("rng"), "target_density": t.get("density"),
         "realised_density": nnz_total / params if params else 1.0, "weights": weights,
         "masks_rebuilt_from_seed": kind == "er", "layers": layers,
+        "model": t.get("model") if isinstance(t.get("model"), dict) else None,
         "totals": {
-            "layers": len(layers), "params": params, "nonzeros": nnz_total,
+            "layers": len(layers), "masked_layers": sum(r["target_density"] < 1 for r in layers),
+            "params": params, "nonzeros": nnz_total,
             "mask_bytes": sum(r["mask_bytes"] for r in layers),
             "weight_bytes": sum(r["weight_bytes"] for r in layers),
             "state_bytes": state_bytes, "header_bytes": offset, "file_bytes": file_bytes,
@@ -116,9 +154,13 @@ def _print_info(d: dict[str, Any], show_all: bool) -> None:
     options = "".join(f", {k}={v!r}" for k, v in d["method_options"].items())
     console.print(f"{d['file']}: kind {d['kind']}, method {d['method'] or '?'}{options}, seed {d['seed']}, "
                   f"flow {d['flow'] or 'none'}, exact {'yes' if d['exact'] else 'no'}, rng {d['rng']}", markup=False)
+    if d.get("model"):
+        arch = f" (--arch {d['model']['arch']})" if d["model"].get("arch") else ""
+        console.print(f"model: {d['model']['spec']}{arch}", markup=False)
     t = d["totals"]
     console.print(f"density: target {_density(d['target_density'])}, realised {_density(d['realised_density'])} "
-                  f"({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} layers)", markup=False)
+                  f"({t['nonzeros']:,} of {t['params']:,} weights in {_layers(t['layers'], t['masked_layers'])})",
+                  markup=False)
     cols = [Col("layer", right=False, name=True), Col("shape", right=False, drop=2), Col("target", drop=3),
             Col("realised"), Col("nonzeros"), Col("encoding", drop=1), Col("bytes")]
     rows = [[r["fqn"], "×".join(map(str, r["shape"])), _density(r["target_density"]), _density(r["realised_density"]),
@@ -176,34 +218,44 @@ def savable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _layers(n: int, masked: int) -> str:
+    """``"3 layers (2 masked)"``: the one layer count every command gives for a ticket."""
+    return f"{n} layer{'s' if n != 1 else ''}" + (f" ({masked} masked)" if masked != n else "")
+
+
 def _masked_summary(ticket: sparsekit.Ticket) -> str:
     masked = [r for r in ticket.layers if r.fqn in ticket.compact_masks]
     params = sum(r.numel for r in ticket.layers)
     nnz = sum(r.nonzeros for r in ticket.layers)
-    return (f"{len(masked)} masked layers, {nnz:,} of {params:,} weights kept "
+    return (f"{_layers(len(ticket.layers), len(masked))}, {nnz:,} of {params:,} weights kept "
             f"(density {_density(nnz / params if params else 1.0)})")
 
 
 @click.command("apply", context_settings=_CONTEXT)
 @_ticket_argument
-@model_options
+@_optional_model
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="OUT",
               help="Where to write the masked model's state_dict (safetensors; conventionally *.safetensors).")
 @click.option("--strict/--no-strict", default=True, show_default=True,
               help="Require the model to be the one the ticket was saved from (same module types and "
                    "parameters); --no-strict only needs the masked layers to be there with their shapes.")
 @force_option("Replace OUT if it exists.")
-def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, out: Path, strict: bool,
+def apply(ticket_path: Path, model: str | None, arch: str | None, trust_pickle: bool, out: Path, strict: bool,
           force: bool) -> None:
     """Apply TICKET to MODEL and write the masked state_dict to OUT (safetensors).
 
-    Weights stored in the ticket (prune --weights kept) are loaded too. MODEL takes the same forms as in
-    'sparsekit prune'. OUT is written atomically and never replaced without --force.
+    Weights stored in the ticket (prune --weights kept, every fit command) are loaded too, so the file is
+    the trained model. MODEL takes the same forms as in 'sparsekit prune'; without it, the model the ticket
+    was made from (see 'sparsekit info'). OUT is written atomically and never replaced without --force.
     """
     check_out(out, force)
     ticket = sparsekit.load_ticket(ticket_path)
+    model, arch = ticket_model(ticket_path, model, arch)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    sparsekit.apply_ticket(net, ticket, strict=strict)
+    try:
+        sparsekit.apply_ticket(net, ticket, strict=strict)
+    except TicketError as e:
+        raise with_model_hint(e, ticket_path) from e
     tensors = savable_state_dict(net)
     from safetensors.torch import save
 
@@ -310,22 +362,27 @@ def _print_check(result: dict[str, Any], stored: bool, show_all: bool) -> None:
 
 @click.command("verify", context_settings=_CONTEXT)
 @_ticket_argument
-@model_options
+@_optional_model
 @json_option("Print the per-layer counts as JSON.")
 @all_option()
-def verify(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, as_json: bool,
+def verify(ticket_path: Path, model: str | None, arch: str | None, trust_pickle: bool, as_json: bool,
            show_all: bool) -> None:
     """Check MODEL, as it is, against TICKET: exit status 0 if every pruned position is zero, else 1.
 
     MODEL is usually a checkpoint file (a state_dict needs no --arch here; its tensors are read as they
-    are). For every masked layer verify counts the pruned positions and those holding a nonzero value,
+    are); without it, the model the ticket was made from. For every masked layer verify counts the pruned
+    positions and those holding a nonzero value,
     and prints them per layer; if the ticket stores weights (prune --weights kept), it also counts kept
     values that differ from the stored ones. Masks are rebuilt from the ticket (er masks from the seed)
     and must keep the recorded numbers of weights. Nothing is applied to the model.
     """
     ticket = sparsekit.load_ticket(ticket_path)
+    model, arch = ticket_model(ticket_path, model, arch)
     tensors = checkpoint_tensors(model, arch=arch, trust_pickle=trust_pickle)
-    result = check_checkpoint(ticket, tensors)
+    try:
+        result = check_checkpoint(ticket, tensors)
+    except TicketError as e:
+        raise with_model_hint(e, ticket_path) from e
     stored = bool(ticket.weights)
     if as_json:
         click.echo(json.dumps({"ticket": str(ticket_path), "model": model, **result}, indent=2))
@@ -354,5 +411,6 @@ def verify(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, 
     source = "rebuilt from seed" if ticket.kind == "er" else "decoded"
     stored_text = f"; {result['stored_compared']:,} stored weight values match" if stored else ""
     stdout_console().print(
-        f"ok: {model} matches {ticket_path}: all {result['pruned']:,} pruned positions of {len(layers)} masked "
-        f"layers are zero; masks {source}, nonzero counts match{stored_text}", markup=False)
+        f"ok: {model} matches {ticket_path}: all {result['pruned']:,} pruned positions of "
+        f"{_layers(len(ticket.layers), len(layers))} are zero; masks {source}, nonzero counts match{stored_text}",
+        markup=False)
