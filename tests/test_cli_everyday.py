@@ -250,3 +250,61 @@ def test_no_strict_is_named_as_the_cli_flag(tmp_path):
     finally:
         _os.chdir(cwd)
     assert "--no-strict" in line and "strict=False" not in line
+
+
+# --- small things ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "scope"), [("magnitude", "global"), ("magnitude-layerwise", "layerwise")])
+def test_prune_magnitude_matches_torch_nn_utils_prune(tmp_path, method, scope):
+    import torch.nn.utils.prune as tprune
+
+    src = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    torch.save(mlp(SIZES).state_dict(), src)
+    out = tmp_path / "p.pt"
+    ok("prune", src, "-m", method, "-d", "0.3", "-o", out)
+    ours = torch.load(out, weights_only=True)
+    ref = mlp(SIZES)
+    ref.load_state_dict(torch.load(src, weights_only=True))
+    linears = [(m, "weight") for m in ref if isinstance(m, nn.Linear)]
+    if scope == "global":
+        tprune.global_unstructured(linears, pruning_method=tprune.L1Unstructured, amount=0.7)
+    else:
+        for m, name in linears:
+            tprune.l1_unstructured(m, name, amount=0.7)
+    for i, (m, _) in zip((0, 2, 4), linears, strict=True):
+        assert torch.equal(ours[f"{i}.weight"] != 0, m.weight != 0)
+    assert "are for ER methods" in error_line(run("prune", src, "-m", method, "--exact"), 1)
+
+
+def test_sparsity_reports_any_checkpoint_per_layer(tmp_path):
+    out = tmp_path / "p.pt"
+    ok("prune", MLP, "-d", "0.2", "-o", out)
+    result = ok("sparsity", out)
+    rows = table_rows(result.stdout)
+    sd = torch.load(out, weights_only=True)
+    for name in ("0.weight", "2.weight", "4.weight"):
+        assert rows[name][3] == f"{int(torch.count_nonzero(sd[name])):,}"
+    js = json.loads(ok("sparsity", out, "--json").stdout)
+    names = ("0.weight", "2.weight", "4.weight")
+    assert js["totals"]["nonzeros"] == sum(int(torch.count_nonzero(sd[n])) for n in names)
+    dense = json.loads(ok("sparsity", MLP, "--json").stdout)
+    assert dense["totals"]["density"] == 1.0
+
+
+def test_info_on_a_non_ticket_says_what_the_file_is(tmp_path):
+    sd = tmp_path / "model.pt"
+    torch.save(mlp(SIZES).state_dict(), sd)
+    line = error_line(run("info", sd), 1)
+    assert "is not a sparsekit ticket: it is a state_dict of 6 tensors" in line and "sparsekit sparsity" in line
+
+
+def test_ticket_repr_is_one_line():
+    ticket = sparsekit.prune(mlp(SIZES), density=0.2)
+    text = repr(ticket)
+    assert "\n" not in text and "LayerRecord" not in text and f"layers=3 ({len(ticket.compact_masks)} masked)" in text
+    head = str(ticket.report()).splitlines()[0].split("  ")
+    from sparsekit.cli.prune import REPORT_COLUMNS
+
+    assert [h.strip() for h in head if h.strip()] == [c.header for c in REPORT_COLUMNS]

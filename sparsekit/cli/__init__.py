@@ -41,6 +41,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sparsekit.cli.export", "export"),
     "onnx-check": ("sparsekit.cli.export", "onnx_check"),
     "theory": ("sparsekit.cli.theory", "theory"),
+    "sparsity": ("sparsekit.cli.sparsity", "sparsity"),
 }
 
 

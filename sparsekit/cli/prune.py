@@ -74,6 +74,33 @@ def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequen
     return patterns
 
 
+MAGNITUDE = {"magnitude": "global", "magnitude-global": "global", "magnitude-layerwise": "layerwise"}
+"""``prune --method`` names of :func:`sparsekit.pruners.magnitude` (not ER: masks from the weights' values)."""
+
+
+class PruneMethodType(MethodType):
+    """A registered ER method, or ``magnitude`` / ``magnitude-layerwise`` (parity with torch.nn.utils.prune)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if str(value).strip().lower() in MAGNITUDE:
+            return str(value).strip().lower()
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join([*sparsekit.list_methods(), "magnitude", "magnitude-layerwise"]) + "]"
+
+
+def _prune_magnitude(net: nn.Module, method: str, density: float | None, filter_fn: FilterFn | None,
+                     **unused: Any) -> sparsekit.Ticket:
+    given = [flag for flag, value in unused.items() if value]
+    if given:
+        raise UserError(f"--method {method} keeps the largest weights; {', '.join(given)} are for ER methods")
+    from sparsekit.pruners import magnitude
+
+    return magnitude(net, DEFAULT_DENSITY if density is None else density, scope=MAGNITUDE[method],
+                     filter_fn=filter_fn)
+
+
 def _names_of(module: nn.Module, module_fqn: str) -> list[str]:
     params = [name for name, _ in module.named_parameters(recurse=False)]
     return [module_fqn, *(f"{module_fqn}.{p}" if module_fqn else p for p in params)]
@@ -164,8 +191,9 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 
 @click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
-@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
-              help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods').")
+@click.option("-m", "--method", type=PruneMethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods'), or "
+                   "magnitude / magnitude-layerwise: keep the largest weights (as torch.nn.utils.prune).")
 @click.option("-d", "--density", type=DensityType(), default=None,
               help=f"Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Default: "
                    f"{DEFAULT_DENSITY:g} (er-from: the --from ticket's density).")
@@ -209,8 +237,12 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     package.module:factory[:KEY=VALUE,...], or a model file: TorchScript, torch.export (.pt2), a
     state_dict (with --arch) or a pickled module (only with --trust-pickle).
     """
-    config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
-    _check_inputs(config, density, data_spec, source)
+    config = None
+    if method not in MAGNITUDE:
+        config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
+        _check_inputs(config, density, data_spec, source)
+    elif method_options or data_spec or source:
+        raise UserError(f"--method {method} keeps the largest weights and takes no -O, --data or --from")
     suffix = out.suffix.lower() if out is not None else ""
     if out is not None:  # fail before the (possibly slow) model loading
         check_out(out, force)
@@ -229,9 +261,9 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
 
         data = load_data(data_spec, trust_pickle=trust_pickle)
         net = build_model(model, data, arch=arch, trust_pickle=trust_pickle)
-        if "data" in config.info.inputs:
+        if config is not None and "data" in config.info.inputs:
             inputs["data"] = data.train
-        if "input_shape" in config.info.options and "input_shape" not in config.options:
+        if config is not None and "input_shape" in config.info.options and "input_shape" not in config.options:
             inputs["input_shape"] = tuple(data.input_shape)
     else:
         net = load_model(model, arch=arch, trust_pickle=trust_pickle)
@@ -244,8 +276,13 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         filter_fn = exclude_filter(exclude)
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
-    ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                             exact=exact, **inputs)
+    if config is None:
+        ticket = _prune_magnitude(net, method, density, filter_fn, **{"--dense": dense, "--exact": exact,
+                                                                      "--seed": seed != 0,
+                                                                      "--flow": flow.lower() != "repair"})
+    else:
+        ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
+                                 exact=exact, **inputs)
     ticket.model_spec = {"spec": spec_of(net, model), "arch": arch}
     report = ticket.report()
     note = ""

@@ -35,7 +35,7 @@ from ._models import checkpoint_tensors, load_model
 from ._options import Col, all_option, check_out, force_option, json_option, print_table, size_text
 
 __all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits", "check_checkpoint",
-           "ticket_model", "with_model_hint"]
+           "ticket_model", "with_model_hint", "describe_file"]
 
 _TICKET_PATH = click.Path(dir_okay=False, path_type=Path)
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -191,11 +191,38 @@ def info(ticket_path: Path, as_json: bool, show_all: bool) -> None:
 
     Reads only the header; 'sparsekit verify' rebuilds and checks the masks.
     """
-    d = ticket_info(ticket_path)
+    try:
+        d = ticket_info(ticket_path)
+    except TicketError as e:
+        what = describe_file(ticket_path)
+        if what is None:
+            raise
+        raise TicketError(f"{ticket_path} is not a sparsekit ticket: it is {what}") from e
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
     _print_info(d, show_all)
+
+
+def describe_file(path: Path) -> str | None:
+    """What a file that is not a ticket is (a state_dict, a module archive, an ONNX model), with the command
+    that reads it; None if it cannot be told. Nothing from the file runs as code."""
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model; 'sparsekit onnx-check FILE' checks and times it"
+    from ._models import read_state_dict_file
+
+    try:
+        sd = read_state_dict_file(path)
+    except (ValueError, OSError):
+        return None
+    hint = ("; 'sparsekit sparsity FILE' measures its sparsity per layer and 'sparsekit verify TICKET FILE' "
+            "checks it against a ticket")
+    if sd is not None:
+        n = sum(v.numel() for v in sd.values())
+        return f"a state_dict of {len(sd)} tensors ({n:,} values){hint}"
+    return f"a model file (a module archive or a pickled module){hint}"
 
 
 # --- apply -----------------------------------------------------------------------------------------------
