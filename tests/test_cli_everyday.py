@@ -308,3 +308,22 @@ def test_ticket_repr_is_one_line():
     from sparsekit.cli.prune import REPORT_COLUMNS
 
     assert [h.strip() for h in head if h.strip()] == [c.header for c in REPORT_COLUMNS]
+
+
+def test_did_you_mean_for_methods_and_bare_model_names():
+    line = error_line(run("prune", MLP, "-m", "pyramdal"), 1)
+    assert "did you mean pyramidal" in line
+    line = error_line(run("prune", "resnet18"), 1)
+    assert "did you mean sparsekit:resnet18 or torchvision:resnet18" in line
+
+
+def test_export_takes_model_and_out_like_every_command(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path, out = tmp_path / "t.safetensors", tmp_path / "m.onnx"
+    ok("prune", MLP, "-d", "0.2", "-o", path)
+    ok("export", path, "-o", out, "--input-shape", "1,16", "--no-verify")  # MODEL from the ticket
+    assert out.stat().st_size > 0
+    ok("export", path, MLP, "--out", out, "--input-shape", "1,16", "--no-verify", "--force")
+    assert "differ" in error_line(run("export", path, MLP, "--model", "sparsekit:mlp", "-o", out, "--force",
+                                      "--input-shape", "1,16"), 1)
+    assert "-O/--option" in error_line(run("export", path, "-o", "storage=compact", "--input-shape", "1,16"), 1)

@@ -56,7 +56,8 @@ __all__ = ["load_model", "build_model", "spec_of",
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
               "package.module:factory[:KEY=VALUE,...], or a model file "
-              "(TorchScript, torch.export .pt2, a state_dict with --arch, a pickled module with --trust-pickle)")
+              "(TorchScript, torch.export .pt2, a state_dict (read from its shapes, or loaded into --arch), a "
+              "pickled module with --trust-pickle)")
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kwargs>.*))?$", re.S)
 _MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".safetensors", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
@@ -76,7 +77,7 @@ def model_options(fn: F) -> F:
     fn = click.option(
         "--arch", metavar="SPEC", default=None,
         help="Architecture for a state_dict file: sparsekit:NAME, torchvision:NAME[:K=V,...] or "
-             "package.module:factory.")(fn)
+             "package.module:factory (optional: without it the layer kinds are read from the tensors).")(fn)
     fn = click.argument("model", metavar="MODEL")(fn)
     return fn
 
@@ -178,7 +179,29 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
         return _load_factory(spec, match["module"], match["attr"], match["kwargs"] or "")
     if path.suffix.lower() in _MODEL_SUFFIXES or os.sep in spec or (os.altsep and os.altsep in spec):
         raise FileNotFoundError(f"model file {spec} does not exist")
-    raise SparsekitError(f"cannot read model spec {spec!r}: it is no file and no builder; give {SPEC_FORMS}")
+    raise SparsekitError(f"cannot read model spec {spec!r}: it is no file and no builder;{_bare_name_hint(spec)} "
+                         f"give {SPEC_FORMS}")
+
+
+def _bare_name_hint(spec: str) -> str:
+    """`` did you mean sparsekit:NAME or torchvision:NAME?`` for a bare (or misspelt) model name."""
+    from sparsekit.models import list_models
+
+    name = spec.strip().lower()
+    candidates = [f"sparsekit:{n}" for n in list_models()]
+    try:
+        import torchvision.models as tv_models
+
+        candidates += [f"torchvision:{n}" for n in tv_models.list_models()]
+    except ImportError:
+        pass
+    import difflib
+
+    close = [c for c in candidates if c.split(":", 1)[1] == name]  # a bare name: every builder that has it
+    if not close:
+        by_name = {c.split(":", 1)[1]: c for c in reversed(candidates)}  # sparsekit's first
+        close = [by_name[n] for n in difflib.get_close_matches(name, list(by_name), n=3)]
+    return f" did you mean {' or '.join(close[:3])}?" if close else ""
 
 
 def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:

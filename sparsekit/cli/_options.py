@@ -108,7 +108,12 @@ class MethodType(click.ParamType):
         try:
             return sparsekit.get_method(str(value)).name
         except UnknownMethodError:
-            raise UserError(f"--method: unknown method {value!r}; valid methods: {_method_names()} "
+            import difflib
+
+            names = [n for i in method_infos() for n in (i.name, *i.aliases)]
+            close = difflib.get_close_matches(str(value).lower(), names, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise UserError(f"--method: unknown method {value!r}; {hint}valid methods: {_method_names()} "
                             "(see 'sparsekit methods')") from None
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:

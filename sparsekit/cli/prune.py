@@ -235,7 +235,11 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
     torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
     package.module:factory[:KEY=VALUE,...], or a model file: TorchScript, torch.export (.pt2), a
-    state_dict (with --arch) or a pickled module (only with --trust-pickle).
+    state_dict (torch.save(model.state_dict()); its layer kinds are read from the tensors' shapes and
+    names, or give --arch) or a pickled module (only with --trust-pickle).
+
+    The density defaults to 0.01. --out writes by suffix: .safetensors the ticket, .pt/.pth the pruned
+    state_dict, .json the report.
     """
     config = None
     if method not in MAGNITUDE:

@@ -33,9 +33,10 @@ from sparsekit.formats.ticket_file import read_ticket_metadata
 from . import UserError, stdout_console
 from ._models import checkpoint_tensors, load_model
 from ._options import Col, all_option, check_out, force_option, json_option, print_table, size_text
+from ._tickets import ticket_model, with_model_hint
 
 __all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits", "check_checkpoint",
-           "ticket_model", "with_model_hint", "describe_file"]
+           "describe_file"]
 
 _TICKET_PATH = click.Path(dir_okay=False, path_type=Path)
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -43,30 +44,6 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 def _ticket_argument(fn: Any) -> Any:
     return click.argument("ticket_path", metavar="TICKET", type=_TICKET_PATH)(fn)
-
-
-def ticket_model(ticket_path: Path, model: str | None, arch: str | None) -> tuple[str, str | None]:
-    """``(MODEL, --arch)``: as given, or the model spec the ticket records (format 1.1 field ``model``)."""
-    if model is not None:
-        return model, arch
-    recorded = read_ticket_metadata(ticket_path).ticket.get("model")
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("spec"), str):
-        raise UserError(f"give MODEL: {ticket_path} does not record the model it was made from (it was written by "
-                        "Python code or an older sparsekit)")
-    return recorded["spec"], arch if arch is not None else recorded.get("arch")
-
-
-def with_model_hint(error: Exception, ticket_path: Path) -> Exception:
-    """``error`` with the ticket's recorded model named, if it records one; CLI wording for library hints."""
-    text = str(error).replace("pass strict=False", "pass --no-strict")
-    try:
-        recorded = read_ticket_metadata(ticket_path).ticket.get("model")
-    except (TicketError, OSError):
-        recorded = None
-    if isinstance(recorded, dict) and isinstance(recorded.get("spec"), str):
-        arch = f" --arch {recorded['arch']}" if recorded.get("arch") else ""
-        text += f" (the ticket was made from {recorded['spec']}{arch})"
-    return type(error)(text) if isinstance(error, TicketError) else TicketError(text)
 
 
 def _optional_model(fn: Any) -> Any:
