@@ -685,8 +685,10 @@ def write_state_dict(model: nn.Module, path: Path, *, overwrite: bool = False) -
     source = model.__dict__.get(SOURCE_ATTR)
     if source is not None:
         container, key, keys = source
-        if list(sd) != keys and [f"module.{k}" for k in sd] == keys:
+        if set(sd) != set(keys) and {f"module.{k}" for k in sd} == set(keys):
             sd = {f"module.{k}": v for k, v in sd.items()}
+        if set(sd) == set(keys):
+            sd = {k: sd[k] for k in keys}  # the file's order
         obj = sd if key is None else {**container, key: sd}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
