@@ -327,3 +327,14 @@ def test_export_takes_model_and_out_like_every_command(tmp_path):
     assert "differ" in error_line(run("export", path, MLP, "--model", "sparsekit:mlp", "-o", out, "--force",
                                       "--input-shape", "1,16"), 1)
     assert "-O/--option" in error_line(run("export", path, "-o", "storage=compact", "--input-shape", "1,16"), 1)
+
+
+def test_multi_line_messages_keep_their_lines_and_usage_errors_are_one_line():
+    result = run("fit", "weak", "--data", "nowhere:/x", "-d", "0.1")
+    line = error_line(result, 1)
+    assert line.endswith("expected one of:")
+    rest = result.stderr.splitlines()[1:]
+    assert any(r.lstrip().startswith("digits[") for r in rest) and all(r.startswith("  ") for r in rest)
+    usage = run("prune", MLP, "--bogus")
+    assert "No such option" in error_line(usage, 1) and "prune --help" in usage.stderr
+    assert len(usage.stderr.strip().splitlines()) == 1

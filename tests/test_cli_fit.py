@@ -72,7 +72,7 @@ def test_fit_weak_conv_model_from_data_shape(tmp_path):
     (["--data", "nowhere:/x", "--density", "0.1"], "nowhere"),
     (["--data", "synthetic", "--density", "0.1"], "--model is required"),
     (["--data", "digits", "--density", "2"], "--density"),
-    (["--data", "cifar10:/does/not/exist", "--model", "sparsekit:resnet20", "--density", "0.1"], "cifar"),
+    (["--data", "cifar10:/does/not/exist", "--model", "sparsekit:resnet20", "--density", "0.1"], "CIFAR-10"),
 ])
 def test_fit_weak_errors(args, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -4,9 +4,10 @@ Commands live in one module each (``sparsekit/cli/prune.py``, ``sparsekit/cli/me
 imported when invoked, so ``sparsekit --help`` stays quick. Mistakes in what the user asked for
 (:class:`~sparsekit.SparsekitError` and other ``ValueError``, ``TypeError``, ``OSError`` such as a
 missing file, ``ImportError`` for a missing optional dependency) print one line ``Error: <message>``
-to stderr and exit with status 1; so do usage errors (a missing argument, an unknown option or command,
-a bad option value), with a pointer to the command's ``--help``. Set ``SPARSEKIT_DEBUG=1`` to get the
-full traceback (and click's usage text) instead.
+to stderr and exit with status 1 (a message written on several lines, such as a list of accepted
+forms, keeps its lines, indented under the ``Error:`` line); so do usage errors (a missing argument, an
+unknown option or command, a bad option value), with a pointer to the command's ``--help``. Set
+``SPARSEKIT_DEBUG=1`` to get the full traceback (and click's usage text) instead.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
+        super().__init__(error_text(message))
+
+
+def error_text(message: str) -> str:
+    """``message`` as the CLI prints it after ``Error:``: a message written on several lines (a list of
+    accepted forms) keeps them (and their alignment), indented under the first; colour codes are removed."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in message.strip().splitlines()]
+    return "\n  ".join(line for line in lines if line.strip())
 
 
 def one_line(message: str) -> str:
@@ -69,7 +77,7 @@ def _describe(error: BaseException) -> str:
         text = str(error.args[0])  # KeyError quotes its message
     else:
         text = str(error)
-    return one_line(text) or type(error).__name__
+    return error_text(text) or type(error).__name__
 
 
 class SparsekitGroup(click.Group):
