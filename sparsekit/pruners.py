@@ -53,7 +53,7 @@ from .rng import RNG_ID
 from .ticket import LayerRecord, Ticket, model_fingerprint
 from .train.engine import Algorithm, History, TrainConfig, _split_batch, _stats_from_dict, _to, run
 
-__all__ = ["snip", "synflow", "imp", "snip_scores", "synflow_scores", "synflow_masks", "global_topk",
+__all__ = ["snip", "synflow", "imp", "magnitude", "snip_scores", "synflow_scores", "synflow_masks", "global_topk",
            "infer_input_shape", "warn_collapse", "IMP_STATE_NAME"]
 
 #: The small per-round state file of an IMP run in its ``checkpoint_dir``.
@@ -193,6 +193,47 @@ def _learned_ticket(model: nn.Module, layers: Sequence[Layer], masks: Mapping[st
 
 def _keep_count(layers: Sequence[Layer], density: float) -> int:
     return round(density * sum(L.numel for L in layers))
+
+
+# --------------------------------------------------------------------------------------------------
+# Magnitude
+
+
+def magnitude(model: nn.Module, density: float, *, scope: str = "global", filter_fn: FilterFn | None = None
+              ) -> Ticket:
+    """Prune ``model`` by weight magnitude: keep the ``density`` fraction of weights with the largest ``|w|``.
+
+    The one-shot counterpart of ``torch.nn.utils.prune``: ``scope="global"`` ranks all masked weights together
+    (``prune.global_unstructured`` with ``L1Unstructured``), ``scope="layerwise"`` keeps
+    ``round(density * m_l)`` weights in every layer (``prune.l1_unstructured`` per layer). Ties are broken
+    by position, so the result is deterministic. No flow repair: layers may lose every weight.
+
+    Args:
+        model: the network (pruned in place: the masks are attached).
+        density: fraction of weights kept, in (0, 1].
+        scope: ``"global"`` or ``"layerwise"``.
+        filter_fn: which layers to mask (default: every supported layer except embeddings).
+
+    Returns:
+        A ticket of kind ``"learned"`` (method ``"magnitude"`` or ``"magnitude-layerwise"``), masks attached.
+    """
+    density = validate_density(density)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+    layers = prunable_layers(_check_model(model, "magnitude"), filter_fn)
+    if any(L.param.is_meta for L in layers):
+        raise SparsekitError("magnitude pruning ranks the weights' values, but the model is on the meta device; "
+                             "load its weights first")
+    scores = {L.fqn: L.param.detach().abs() for L in layers}
+    if scope == "global":
+        masks = global_topk(scores, _keep_count(layers, density))
+    else:
+        masks = {}
+        for L in layers:
+            masks.update(global_topk({L.fqn: scores[L.fqn]}, round(density * L.numel)))
+    warn_collapse("magnitude", [f for f, m in masks.items() if not m.any()])
+    name = "magnitude" if scope == "global" else "magnitude-layerwise"
+    return _learned_ticket(model, layers, masks, name, density, {})
 
 
 # --------------------------------------------------------------------------------------------------

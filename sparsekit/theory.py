@@ -631,6 +631,7 @@ def simulate_existence(
     input_density: float | None = None,
     flow: str | None = None,
     device: torch.device | str = "cpu",
+    progress: bool | None = None,
 ) -> ExistenceEstimate:
     """Monte-Carlo estimate of :func:`existence_probability` with real ER masks.
 
@@ -657,6 +658,7 @@ def simulate_existence(
         flow: flow repair of layer 0 when ``input_density`` is given: None or ``"repair"``. Layers
             ``1..L`` are drawn without repair.
         device: where to draw the masks.
+        progress: show a progress bar of the trials on stderr; None (default): only when stderr is a terminal.
 
     Returns:
         An :class:`ExistenceEstimate`; ``.agrees()`` compares it with the analytic value.
@@ -682,7 +684,10 @@ def simulate_existence(
     fails = [0] * depth
     successes = 0
     entries = mask_entries_per_trial(shape, ns)
+    bar = _trial_bar(trials, progress)
     for t in range(trials):
+        if bar is not None:
+            bar.update(0, completed=t)
         s = trial_seed(seed, t)
         ok = True
         for l in range(1, depth + 1):  # noqa: E741
@@ -700,6 +705,8 @@ def simulate_existence(
                 fails[l - 1] += 1
                 ok = False
         successes += ok
+    if bar is not None:
+        bar.stop()
     per_layer = existence_probability(shape, ns, ps, per_layer=True)
     assert isinstance(per_layer, tuple)
     return ExistenceEstimate(successes / trials, trials, successes, tuple(fails), math.prod(per_layer), per_layer,
@@ -709,6 +716,24 @@ def simulate_existence(
 # --------------------------------------------------------------------------------------------------
 # Theorem 2.7 and Lemma 2.1
 # --------------------------------------------------------------------------------------------------
+
+
+def _trial_bar(trials: int, progress: bool | None) -> Any:
+    """A started rich progress bar over ``trials`` on stderr (``progress=None``: only if stderr is a terminal)."""
+    import sys
+
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if not progress:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
+                   TimeRemainingColumn(), console=Console(file=sys.stderr), transient=True)
+    bar.add_task("trials", total=trials)
+    bar.start()
+    return bar
 
 
 def _prob(value: object, name: str, *, closed: bool = False) -> float:

@@ -70,7 +70,8 @@ class Report:
         return text
 
     def __str__(self) -> str:
-        head = ["layer", "shape", "params", "target", "realised", "nonzeros", "added", "rows", "cols"]
+        head = ["layer", "shape", "params", "target", "realised", "nonzeros", "edges added", "rows repaired",
+                "cols repaired"]  # the CLI's column names (sparsekit prune)
         body = [[r["fqn"], "x".join(map(str, r["shape"])), f"{r['params']:,}", f"{r['target_density']:.4g}",
                  f"{r['realised_density']:.4g}", f"{r['nonzeros']:,}", str(r["edges_added"]),
                  str(r["rows_repaired"]), str(r["cols_repaired"])] for r in self.rows]
@@ -127,8 +128,20 @@ class Ticket:
     weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
     #: fingerprint of the model a loaded ticket was saved from
     file_fingerprint: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: the model spec the ticket was made from on the command line: ``{"spec": str, "arch": str | None}``
+    #: (ticket format 1.1 field ``model``); None when unknown
+    model_spec: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     #: weak reference to the model the masks are attached to
     model_ref: Any = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        """One line: kind, method, densities, seed and layer counts (``ticket.report()`` has every layer)."""
+        masked = len(self.compact_masks)
+        options = "".join(f", {k}={v!r}" for k, v in self.method_options.items())
+        model = f", model={self.model_spec['spec']!r}" if self.model_spec else ""
+        return (f"Ticket(kind={self.kind!r}, method={self.method!r}{options}, density={self.density:.4g}, "
+                f"realised={self.realised_density:.4g}, seed={self.seed}, flow={self.flow!r}, "
+                f"layers={len(self.layers)} ({masked} masked){model})")
 
     @property
     def masks(self) -> MaskView:

@@ -197,17 +197,17 @@ def test_load_model_refuses_pickles_with_unsafe_file_error(tmp_path):
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
-def test_state_dict_file_needs_arch(tmp_path, wrap):
+def test_state_dict_file_without_arch_gives_the_masks_of_the_arch(tmp_path, wrap):
     source = mlp(SIZES)
     path = tmp_path / "weights.pt"
     sd = source.state_dict()
     torch.save(sd if wrap is None else {wrap: sd, "epoch": 3}, path)
-    without = run("prune", str(path), "--density", "0.2")
-    assert without.exit_code == 1
-    assert "--arch" in error_line(without)
+    without = run("prune", str(path), "--density", "0.2", "--json")
+    assert without.exit_code == 0, without.output
     with_arch = run("prune", str(path), "--arch", MLP, "--density", "0.2", "--json")
     assert with_arch.exit_code == 0, with_arch.output
     assert [r["fqn"] for r in json.loads(with_arch.stdout)["layers"]] == MLP_LAYERS
+    assert json.loads(without.stdout)["layers"] == json.loads(with_arch.stdout)["layers"]
     loaded = load_model(str(path), arch=MLP)
     assert torch.equal(loaded.state_dict()["2.weight"], sd["2.weight"])
 

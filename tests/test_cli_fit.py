@@ -20,7 +20,7 @@ def test_fit_weak_digits_writes_a_weak_ticket(tmp_path):
     r = run("fit", "weak", "--data", "digits", "--density", "0.05", "--epochs", "3", "-o", out, "--history", hist,
             "--seed", "2")
     assert r.exit_code == 0, r.output
-    assert "trained 3 epochs: test accuracy" in r.output and "weak ticket written to" in r.output
+    assert "trained 3 epochs: last test accuracy" in r.output and "weak ticket written to" in r.output
     assert r.output.count("epoch ") >= 3
     history = json.loads(hist.read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2]
@@ -72,7 +72,7 @@ def test_fit_weak_conv_model_from_data_shape(tmp_path):
     (["--data", "nowhere:/x", "--density", "0.1"], "nowhere"),
     (["--data", "synthetic", "--density", "0.1"], "--model is required"),
     (["--data", "digits", "--density", "2"], "--density"),
-    (["--data", "cifar10:/does/not/exist", "--model", "sparsekit:resnet20", "--density", "0.1"], "cifar"),
+    (["--data", "cifar10:/does/not/exist", "--model", "sparsekit:resnet20", "--density", "0.1"], "CIFAR-10"),
 ])
 def test_fit_weak_errors(args, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -103,7 +103,7 @@ def test_fit_strong_digits_ticket_rebuilds_the_network(tmp_path):
     x, y = digits(train=False).tensors
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
-    acc_line = r.output.split("test accuracy ")[1].split(";")[0]
+    acc_line = r.output.split("test accuracy ")[1].split(";")[0].split(",")[0]
     assert acc == pytest.approx(float(acc_line), abs=1e-4)
     info = run("info", out)
     assert info.exit_code == 0 and "strong" in info.output
@@ -129,3 +129,44 @@ def test_fit_rewire_writes_a_rewired_ticket(tmp_path):
     assert t.kind == "rewired" and t.method_options["rewire"]["final_density"] == 0.03
     r = run("fit", "rewire", "--data", "digits", "--epochs", "1")
     assert "either --density" in error_line(r, 1)
+
+
+def _digits_accuracy(state_dict_path) -> float:
+    from safetensors.torch import load_file
+
+    model = mlp()
+    model.load_state_dict(load_file(str(state_dict_path)))
+    model.eval()
+    x, y = digits(train=False).tensors
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_fit_rewire_out_then_apply_reproduces_the_trained_accuracy(tmp_path):
+    out, hist, applied = tmp_path / "rw.safetensors", tmp_path / "h.json", tmp_path / "applied.safetensors"
+    r = run("fit", "rewire", "--data", "digits", "--density", "0.1", "--epochs", "2", "--update-every", "5",
+            "--batch-size", "64", "-o", out, "--history", hist, "--no-progress")
+    assert r.exit_code == 0, r.output
+    trained = json.loads(hist.read_text())[-1]["eval_acc"]
+    assert trained > 0.5
+    assert run("apply", out, "sparsekit:mlp", "-o", applied).exit_code == 0
+    assert _digits_accuracy(applied) == pytest.approx(trained, abs=1e-6)
+    assert run("verify", out, applied).exit_code == 0
+    # --weights none: the masks only (apply then gives the untrained weights, and says nothing was trained)
+    masks_only = tmp_path / "m.safetensors"
+    r = run("fit", "rewire", "--data", "digits", "--density", "0.1", "--epochs", "1", "--update-every", "5",
+            "--batch-size", "64", "-o", masks_only, "--weights", "none", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert not sparsekit.load_ticket(masks_only).weights
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--model", "sparsekit:vgg16", "--data", "digits"], "does not fit --data digits"),
+    (["--data", "digits:flat=false", "--model", "sparsekit:resnet20:in_channels=3"], "does not fit"),
+    (["--data", "digits:flat=false"], "--model is required"),
+    (["--data", "digits", "--model", "sparsekit:mlp:num_classes=3"], "num_classes=10"),
+])
+def test_model_data_mismatch_is_one_line_before_training(args, needle):
+    r = run("fit", "weak", *args, "--density", "0.1", "--epochs", "1", "--no-progress")
+    line = error_line(r, 1)
+    assert needle in line and "epoch" not in r.stdout

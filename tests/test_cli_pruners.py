@@ -76,7 +76,6 @@ def test_prune_er_from_a_ticket_file_without_density(tmp_path):
     (["--method", "er-from"], "give --from TICKET"),
     (["--method", "er-balanced", "--density", "0.1", "--from", "x.safetensors"], "does not take one"),
     (["--method", "er-balanced", "--density", "0.1", "--data", "digits"], "--data is for methods"),
-    (["--method", "er-balanced"], "give --density"),
     (["--method", "er-from", "--from", "missing.safetensors"], "does not exist"),
     (["--method", "er-snip", "--density", "0.1", "--data", DATA, "-O", "data=1"], "not an option"),
 ])

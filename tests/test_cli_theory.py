@@ -54,7 +54,7 @@ def test_widths_simulation_in_text():
 ])
 def test_widths_usage_errors(args, needle):
     result = run("theory", "widths", *args)
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # usage errors: one line, exit status 1
     assert needle in result.stderr
 
 
@@ -112,4 +112,4 @@ def test_widths_of_a_model_spec():
 def test_widths_needs_exactly_one_target():
     for args in ([], ["--target", "4,2", "--model", "sparsekit:mlp"]):
         result = run("theory", "widths", "--density", "0.1", *args)
-        assert result.exit_code == 2 and "--target D,N1,...,NL or as --model SPEC" in result.stderr
+        assert result.exit_code == 1 and "--target D,N1,...,NL or as --model SPEC" in result.stderr

@@ -245,11 +245,38 @@ def test_apply_never_overwrites_without_force(tmp_path, ticket):
 
 
 def test_verify_accepts_a_good_pair(tmp_path, ticket):
-    result = ok("verify", ticket, MLP)
-    assert result.stdout.startswith("ok: ")
-    weighted = tmp_path / "w.safetensors"
+    applied = tmp_path / "applied.safetensors"
+    ok("apply", ticket, MLP, "-o", applied)
+    result = ok("verify", ticket, applied)  # a state_dict file needs no --arch: its tensors are read as they are
+    assert result.stdout.splitlines()[-1].startswith("ok: ")
+    rows = table_rows(result.stdout)
+    assert all(rows[name][-1] == "0" for name in MLP_LAYERS)
+    weighted, applied_w = tmp_path / "w.safetensors", tmp_path / "applied_w.safetensors"
     ok("prune", MLP, "-d", "0.2", "-o", weighted, "--weights", "kept")
-    assert "stored weight values match" in ok("verify", weighted, MLP).stdout
+    ok("apply", weighted, MLP, "-o", applied_w)
+    assert "stored weight values match" in ok("verify", weighted, applied_w).stdout
+
+
+def test_verify_fails_on_an_unpruned_file_and_on_a_wrong_seed(tmp_path, ticket):
+    dense = tmp_path / "dense.pt"
+    torch.save(mlp(SIZES).state_dict(), dense)
+    result = run("verify", ticket, dense)
+    line = error_line(result)
+    t = sparsekit.load_ticket(ticket)
+    pruned = sum(r.numel - r.nonzeros for r in t.layers)
+    assert f"{pruned:,} of {pruned:,} pruned positions hold nonzero values" in line
+    assert "3 of 3 masked layers" in line
+    rows = table_rows(result.stdout)
+    for r in t.layers:  # per layer: pruned positions and how many of them are nonzero
+        assert rows[r.fqn][2] == f"{r.numel - r.nonzeros:,}" and rows[r.fqn][3] == f"{r.numel - r.nonzeros:,}"
+    other = tmp_path / "seed8.pt"
+    ok("prune", MLP, "-m", "erk", "-d", "0.2", "--seed", "8", "-o", other)  # same density, another seed
+    line = error_line(run("verify", ticket, other))
+    assert "hold nonzero values" in line and "another seed" in line
+    assert "hold nonzero values" in error_line(run("verify", ticket, MLP))  # a fresh model is not pruned
+    js = run("verify", ticket, dense, "--json")
+    assert js.exit_code == 1
+    assert json.loads(js.stdout)["nonzero_at_pruned"] == pruned
 
 
 def test_verify_rejects_a_ticket_whose_header_was_edited(ticket):
@@ -265,24 +292,22 @@ def test_verify_rejects_a_wrong_model(ticket):
     assert "missing in the model" in error_line(run("verify", ticket, TIED))
 
 
-def test_verify_checks_zeros_counts_and_stored_values(tmp_path, monkeypatch):
-    path = tmp_path / "w.safetensors"
+def test_verify_checks_counts_and_stored_values(tmp_path, monkeypatch):
+    path, applied = tmp_path / "w.safetensors", tmp_path / "applied.safetensors"
     ok("prune", MLP, "-d", "0.2", "-o", path, "--weights", "kept")
-    real_apply, real_load = sparsekit.apply_ticket, sparsekit.load_ticket
+    ok("apply", path, MLP, "-o", applied)
+    ok("verify", path, applied)
+    tensors = load_file(str(applied))
+    t = sparsekit.load_ticket(path)
+    kept = t.compact_masks["2.weight"].kept_indices()
+    tensors["2.weight"].view(-1)[kept[0]] += 1  # one kept value changed
+    changed = tmp_path / "changed.safetensors"
+    from safetensors.torch import save_file
 
-    with monkeypatch.context() as m:  # masks not enforced: pruned weights keep their values
-        m.setattr(sparsekit, "apply_ticket", lambda model, t, strict=True: t)
-        assert "not zero" in error_line(run("verify", path, MLP))
-
-    def changed_value(model, t, strict=True):
-        real_apply(model, t, strict=strict)
-        t.weights["kept/2.weight"][0] += 1
-        return t
-
-    with monkeypatch.context() as m:
-        m.setattr(sparsekit, "apply_ticket", changed_value)
-        line = error_line(run("verify", path, MLP))
-        assert "2.weight" in line and "differ" in line
+    save_file(tensors, str(changed))
+    line = error_line(run("verify", path, changed))
+    assert "1 kept weights differ" in line and "2.weight" in line
+    real_load = sparsekit.load_ticket
 
     def wrong_count(p, **kw):
         t = real_load(p, **kw)
@@ -291,9 +316,8 @@ def test_verify_checks_zeros_counts_and_stored_values(tmp_path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(sparsekit, "load_ticket", wrong_count)
-        line = error_line(run("verify", path, MLP))
+        line = error_line(run("verify", path, applied))
         assert "2.weight" in line and "nonzeros" in line
-    ok("verify", path, MLP)
 
 
 # --- damaged files ---------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Commands live in one module each (``sparsekit/cli/prune.py``, ``sparsekit/cli/me
 imported when invoked, so ``sparsekit --help`` stays quick. Mistakes in what the user asked for
 (:class:`~sparsekit.SparsekitError` and other ``ValueError``, ``TypeError``, ``OSError`` such as a
 missing file, ``ImportError`` for a missing optional dependency) print one line ``Error: <message>``
-to stderr and exit with status 1; click's usage errors exit with status 2. Set ``SPARSEKIT_DEBUG=1``
-to get the full traceback instead.
+to stderr and exit with status 1 (a message written on several lines, such as a list of accepted
+forms, keeps its lines, indented under the ``Error:`` line); so do usage errors (a missing argument, an
+unknown option or command, a bad option value), with a pointer to the command's ``--help``. Set
+``SPARSEKIT_DEBUG=1`` to get the full traceback (and click's usage text) instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from rich.console import Console
 
 from sparsekit import __version__
 
-__all__ = ["cli", "main", "SparsekitGroup", "UserError", "stdout_console", "debug_enabled", "USER_ERRORS"]
+__all__ = ["cli", "main", "SparsekitGroup", "UserError", "stdout_console", "terminal_width", "debug_enabled",
+           "USER_ERRORS"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError, KeyError)
 """Exceptions shown as one line; ``SparsekitError`` is a ``ValueError``, ``UnpicklingError`` is not caught."""
@@ -39,6 +42,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sparsekit.cli.export", "export"),
     "onnx-check": ("sparsekit.cli.export", "onnx_check"),
     "theory": ("sparsekit.cli.theory", "theory"),
+    "sparsity": ("sparsekit.cli.sparsity", "sparsity"),
 }
 
 
@@ -53,7 +57,14 @@ class UserError(click.ClickException):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
+        super().__init__(error_text(message))
+
+
+def error_text(message: str) -> str:
+    """``message`` as the CLI prints it after ``Error:``: a message written on several lines (a list of
+    accepted forms) keeps them (and their alignment), indented under the first; colour codes are removed."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in message.strip().splitlines()]
+    return "\n  ".join(line for line in lines if line.strip())
 
 
 def one_line(message: str) -> str:
@@ -66,7 +77,7 @@ def _describe(error: BaseException) -> str:
         text = str(error.args[0])  # KeyError quotes its message
     else:
         text = str(error)
-    return one_line(text) or type(error).__name__
+    return error_text(text) or type(error).__name__
 
 
 class SparsekitGroup(click.Group):
@@ -90,6 +101,11 @@ class SparsekitGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as error:  # one line and exit status 1, like every other mistake
+            if debug_enabled():
+                raise
+            where = error.ctx.command_path if error.ctx is not None else "sparsekit"
+            raise UserError(f"{error.format_message()} (see '{where} --help')") from error
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except USER_ERRORS as error:
@@ -98,15 +114,30 @@ class SparsekitGroup(click.Group):
             raise UserError(_describe(error)) from error
 
 
+def terminal_width() -> int | None:
+    """Columns of the user's terminal: ``COLUMNS`` if set, else the size of stdout or stderr if either is a
+    terminal (so ``sparsekit prune ... | less`` fits the screen), else None."""
+    cols = os.environ.get("COLUMNS", "").strip()
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                return os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
+
+
 def stdout_console() -> Console:
     """A rich console on click's stdout (works under ``CliRunner`` and in pipes).
 
-    In a terminal, tables fit its width; otherwise (pipes, files, tests) lines are as long as their
-    content, so nothing is cut or folded. Rich drops colours without a terminal by itself.
+    Output is never wider than the terminal (:func:`terminal_width`); tables drop low-value columns and
+    shorten names from the left to fit. Without any terminal (files, tests) lines are as long as their
+    content. Rich drops colours without a terminal by itself.
     """
     stream = sys.stdout  # CliRunner swaps sys.stdout; click.get_text_stream is deprecated in click 8.5
-    width = None if stream.isatty() else _PIPE_WIDTH
-    return Console(file=stream, width=width, highlight=False, soft_wrap=False)
+    return Console(file=stream, width=terminal_width() or _PIPE_WIDTH, highlight=False, soft_wrap=False)
 
 
 @click.group(cls=SparsekitGroup, context_settings={"help_option_names": ["-h", "--help"]})

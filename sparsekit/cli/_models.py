@@ -33,6 +33,7 @@ import ast
 import difflib
 import importlib
 import inspect
+import math
 import os
 import pickle
 import re
@@ -50,16 +51,22 @@ from sparsekit._safety import check_export_archive, check_regular_file, inspect_
 from sparsekit.errors import SparsekitError, UnsafeFileError
 from sparsekit.layers import LayerLayout, declare_layouts
 
-__all__ = ["load_model", "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
+from . import UserError
+
+__all__ = ["load_model", "build_model", "spec_of",
+           "check_model_fits_data", "checkpoint_tensors", "read_state_dict_file",
+           "parse_kwargs", "export_layer_layouts", "model_options", "SPEC_FORMS"]
 
 SPEC_FORMS = ("sparsekit:NAME[:KEY=VALUE,...], torchvision:NAME[:KEY=VALUE,...], "
               "package.module:factory[:KEY=VALUE,...], or a model file "
-              "(torch.export .pt2, a state_dict with --arch, TorchScript or a pickled module with --trust-pickle)")
+              "(torch.export .pt2, a state_dict (read from its shapes, or loaded into --arch), "
+              "TorchScript or a pickled module with --trust-pickle)")
 
 _FACTORY_SPEC = re.compile(r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?::(?P<kwargs>.*))?$", re.S)
 _MODEL_SUFFIXES = {".pt", ".pth", ".pt2", ".safetensors", ".bin", ".ckpt", ".tar", ".pkl", ".jit", ".torchscript"}
 _NO_DOWNLOAD = ("weights", "weights_backbone")
 _MAX_LISTED = 5
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,7 +80,7 @@ def model_options(fn: F) -> F:
     fn = click.option(
         "--arch", metavar="SPEC", default=None,
         help="Architecture for a state_dict file: sparsekit:NAME, torchvision:NAME[:K=V,...] or "
-             "package.module:factory.")(fn)
+             "package.module:factory (optional: without it the layer kinds are read from the tensors).")(fn)
     fn = click.argument("model", metavar="MODEL")(fn)
     return fn
 
@@ -175,7 +182,92 @@ def load_model(spec: str, *, arch: str | None = None, trust_pickle: bool = False
         return _load_factory(spec, match["module"], match["attr"], match["kwargs"] or "")
     if path.suffix.lower() in _MODEL_SUFFIXES or os.sep in spec or (os.altsep and os.altsep in spec):
         raise FileNotFoundError(f"model file {spec} does not exist")
-    raise SparsekitError(f"cannot read model spec {spec!r}: it is no file and no builder; give {SPEC_FORMS}")
+    raise SparsekitError(f"cannot read model spec {spec!r}: it is no file and no builder;{_bare_name_hint(spec)} "
+                         f"give {SPEC_FORMS}")
+
+
+def _bare_name_hint(spec: str) -> str:
+    """`` did you mean sparsekit:NAME or torchvision:NAME?`` for a bare (or misspelt) model name."""
+    from sparsekit.models import list_models
+
+    name = spec.strip().lower()
+    candidates = [f"sparsekit:{n}" for n in list_models()]
+    try:
+        import torchvision.models as tv_models
+
+        candidates += [f"torchvision:{n}" for n in tv_models.list_models()]
+    except ImportError:
+        pass
+    import difflib
+
+    close = [c for c in candidates if c.split(":", 1)[1] == name]  # a bare name: every builder that has it
+    if not close:
+        by_name = {c.split(":", 1)[1]: c for c in reversed(candidates)}  # sparsekit's first
+        close = [by_name[n] for n in difflib.get_close_matches(name, list(by_name), n=3)]
+    return f" did you mean {' or '.join(close[:3])}?" if close else ""
+
+
+def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool,
+                seed: int | None = None) -> nn.Module:
+    """The model for ``spec``; ``sparsekit:`` models get ``num_classes`` and input size from the data.
+
+    Without ``spec``, flat-vector data (digits) gets the paper-style MLP ``sparsekit:mlp``. With ``seed``
+    the initial weights of a built model are a function of it (torch's global RNG is left as it was).
+    """
+    if spec is None:
+        if len(data.input_shape) != 1:
+            raise UserError(f"--model is required for {data.name} (e.g. --model sparsekit:resnet20)")
+        spec = "sparsekit:mlp"
+    defaults: dict[str, Any] = {"num_classes": data.num_classes}
+    if spec.split(":")[:2] == ["sparsekit", "mlp"]:
+        defaults["in_features"] = math.prod(data.input_shape)
+    elif len(data.input_shape) == 3:
+        defaults["in_channels"] = data.input_shape[0]
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
+    check_model_fits_data(model, data, spec)
+    if spec.startswith("sparsekit:"):  # record the keyword arguments taken from the data
+        name, _, kw_text = spec[len("sparsekit:"):].partition(":")
+        given = parse_kwargs(kw_text)
+        extra = [f"{k}={v!r}" for k, v in defaults.items() if k not in given]
+        spec = f"sparsekit:{name}:" + ",".join([kw_text.strip(",")] * bool(kw_text.strip(",")) + extra)
+    model.__dict__[SPEC_ATTR] = spec
+    return model
+
+
+SPEC_ATTR = "_sparsekit_model_spec"
+"""Attribute (in ``module.__dict__``) of a model from :func:`build_model`: its spec with the data's defaults."""
+
+
+def spec_of(model: nn.Module, spec: str) -> str:
+    """The spec that rebuilds ``model`` (with the defaults :func:`build_model` took from the data)."""
+    return model.__dict__.get(SPEC_ATTR, spec)
+
+
+def check_model_fits_data(model: nn.Module, data: Any, spec: str) -> None:
+    """One forward pass on two zero inputs of the data's shape, before any training: a model that cannot take
+    the data, or gives another number of outputs than the data has classes, is one clear error."""
+    if any(p.is_meta for p in model.parameters()):
+        return
+    shape = tuple(data.input_shape)
+    hint = ("flat vectors such as digits fit an MLP (sparsekit:mlp, the default); images (C, H, W) fit a conv net "
+            "such as sparsekit:resnet20 (or digits:flat=false with a conv net)")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((2, *shape)))
+    except Exception as e:  # any failure of the forward pass means the model does not take these inputs
+        raise UserError(f"--model {spec} does not fit --data {data.name}: on inputs of shape {shape} it fails with "
+                        f"{_first_line(e)}; {hint}") from e
+    finally:
+        model.train(was_training)
+    classes = getattr(data, "num_classes", None)
+    if isinstance(out, torch.Tensor) and classes and (out.dim() != 2 or out.shape[-1] != classes):
+        raise UserError(f"--model {spec} gives outputs of shape {tuple(out.shape)} for --data {data.name}, which "
+                        f"has {classes} classes; set the model's num_classes={classes}")
 
 
 def _no_arch(spec: str, arch: str | None, why: str) -> None:
@@ -333,15 +425,20 @@ def _state_dict_into_arch(path: Path, obj: object, arch: str | None) -> nn.Modul
     if state_dict is None:
         raise SparsekitError(f"{path} holds a {type(obj).__name__} that is neither a module nor a state_dict "
                              "(a dict of tensors, possibly under 'state_dict' or 'model')")
+    key = None if state_dict is obj else next(k for k in _STATE_DICT_KEYS if obj.get(k) is state_dict)  # type: ignore[attr-defined]
     if arch is None:
-        raise SparsekitError(
-            f"{path} is a state_dict ({len(state_dict)} tensors) without an architecture; pass --arch SPEC "
-            "(e.g. --arch torchvision:resnet18:num_classes=10 or --arch package.module:factory)")
-    if Path(arch).expanduser().exists():
-        raise SparsekitError(f"--arch {arch!r} is a file; give a builder: sparsekit:NAME, "
-                             "torchvision:NAME or package.module:factory")
-    model = load_model(arch)
-    _load_state_dict_strict(model, state_dict, path)
+        from ._state_dict_model import model_from_state_dict
+
+        model = model_from_state_dict(state_dict, path)  # layer kinds read from shapes and names
+    else:
+        if Path(arch).expanduser().exists():
+            raise SparsekitError(f"--arch {arch!r} is a file; give a builder: sparsekit:NAME, "
+                                 "torchvision:NAME or package.module:factory")
+        model = load_model(arch)
+        _load_state_dict_strict(model, state_dict, path)
+    from ._state_dict_model import SOURCE_ATTR
+
+    model.__dict__[SOURCE_ATTR] = (obj, key, list(state_dict))
     return model
 
 
@@ -368,7 +465,7 @@ def _find_state_dict(obj: object) -> Mapping[str, torch.Tensor] | None:
     if _is_tensor_dict(obj):
         return obj  # type: ignore[return-value]
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
+        for key in _STATE_DICT_KEYS:
             if _is_tensor_dict(obj.get(key)):
                 return obj[key]
     return None
@@ -545,3 +642,81 @@ def _load_exported(path: Path) -> nn.Module:
     gm = ep.module()
     _mark_export_layers(gm, known, unused)
     return gm
+
+
+# --- checkpoints as tensors ------------------------------------------------------------------------------
+
+
+def read_state_dict_file(path: Path) -> Mapping[str, torch.Tensor] | None:
+    """The state_dict a file holds (safetensors, or ``torch.save`` read with ``weights_only=True``, possibly
+    under a ``"state_dict"``/``"model"`` key), or None if the file holds something else (a module archive, a
+    pickled module). Nothing from the file runs as code.
+
+    Raises:
+        SparsekitError: the file is a sparsekit ticket or cannot be read.
+    """
+    check_regular_file(path, "model file")  # never read a device or FIFO (endless / blocking)
+    if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
+        return _load_safetensors_state_dict(path)
+    kind, _ = inspect_model_archive(path)
+    if kind in ("torchscript", "export"):
+        return None  # a module archive: load_model applies the archive checks
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return None  # a pickled object: load_model explains --trust-pickle
+    except OSError:
+        raise
+    except Exception as e:  # torch.load raises KeyError, EOFError, UnicodeDecodeError, ... on non-torch files
+        raise SparsekitError(f"cannot read {path} as a model file ({type(e).__name__}: {_first_line(e)}); "
+                             f"accepted: {SPEC_FORMS}") from e
+    return _find_state_dict(obj)
+
+
+def checkpoint_tensors(spec: str, *, arch: str | None = None, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint as they are: a state_dict file read directly (no architecture needed),
+    any other model spec through :func:`load_model` and ``state_dict()``."""
+    path = Path(spec).expanduser()
+    if arch is None and path.is_file():
+        sd = read_state_dict_file(path)
+        if sd is not None:
+            return dict(sd)
+    net = load_model(spec, arch=arch, trust_pickle=trust_pickle)
+    return {k: v.detach() for k, v in net.state_dict().items()}
+
+
+def write_state_dict(model: nn.Module, path: Path, *, overwrite: bool = False) -> int:
+    """Write ``model``'s state_dict with ``torch.save``, atomically, in the layout of the file it was loaded
+    from (under the same ``"state_dict"``/``"model"`` key, with the same ``module.`` prefix, the file's other
+    entries kept); models built from a spec get a plain state_dict. ``torch.load(path, weights_only=True)``
+    reads it. Returns the number of tensors written.
+
+    Raises:
+        ValueError: the model is on the meta device (it has no values to write).
+    """
+    import io
+
+    from sparsekit._io import atomic_write_bytes
+
+    from ._state_dict_model import SOURCE_ATTR
+
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = [k for k, v in sd.items() if v.is_meta]
+    if meta:
+        raise ValueError(f"the model's {', '.join(meta[:3])} are on the meta device (no values) and cannot be "
+                         "written; use a materialised model or write a ticket (.safetensors)")
+    obj: Any = sd
+    source = model.__dict__.get(SOURCE_ATTR)
+    if source is not None:
+        container, key, keys = source
+        if set(sd) != set(keys) and {f"module.{k}" for k in sd} == set(keys):
+            sd = {f"module.{k}": v for k, v in sd.items()}
+        if set(sd) == set(keys):
+            sd = {k: sd[k] for k in keys}  # the file's order
+        obj = sd if key is None else {**container, key: sd}
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+    return len(sd)

@@ -3,7 +3,7 @@
 Examples::
 
     sparsekit prune sparsekit:vgg16 -d 0.01 -o vgg16.safetensors
-    sparsekit export vgg16.safetensors --model sparsekit:vgg16 --onnx vgg16.onnx --input-shape 1,3,32,32
+    sparsekit export vgg16.safetensors sparsekit:vgg16 -o vgg16.onnx --input-shape 1,3,32,32
     sparsekit onnx-check vgg16.onnx --runs 50
 
 ``export`` applies a ticket to a model, bakes the masks in and writes an ONNX file with
@@ -27,9 +27,10 @@ from rich.text import Text
 
 from sparsekit.formats.onnx import EXPORTERS, STORAGES, ExportReport, OnnxCheck, check_onnx, export_onnx
 
-from . import stdout_console
+from . import UserError, stdout_console
 from ._models import load_model
 from ._options import check_out, force_option, json_option, size_text
+from ._tickets import ticket_model
 
 __all__ = ["export", "onnx_check", "ShapeType"]
 
@@ -120,14 +121,16 @@ def _print_export(report: ExportReport) -> None:
 
 @click.command("export", context_settings=_CONTEXT)
 @click.argument("ticket_path", metavar="TICKET", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "model_spec", metavar="SPEC", required=True,
-              help="The model the ticket belongs to: sparsekit:NAME, torchvision:NAME[:K=V,...], "
-                   "package.module:factory or a model file (as in 'sparsekit prune').")
-@click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file.")
+@click.argument("model_arg", metavar="[MODEL]", required=False, default=None)
+@click.option("--model", "model_spec", metavar="SPEC", default=None, hidden=True,
+              help="MODEL given as an option (older spelling).")
+@click.option("--arch", metavar="SPEC", default=None,
+              help="Architecture for a state_dict MODEL file (default: the one the ticket records).")
 @click.option("--trust-pickle", is_flag=True,
-              help="Allow a pickled --model file (torch.save(model)); this runs code from the file.")
-@click.option("--onnx", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="OUT",
-              help="The ONNX file to write (atomically; never replaced without --force).")
+              help="Allow a pickled MODEL file (torch.save(model)); this runs code from the file.")
+@click.option("-o", "--out", "--onnx", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              metavar="OUT", help="The ONNX file to write (atomically; never replaced without --force). "
+                                  "--onnx is the older spelling.")
 @click.option("--input-shape", "input_shape", type=ShapeType(), multiple=True, required=True, help=_input_shape_help)
 @click.option("--storage", type=click.Choice(STORAGES), default="auto", show_default=True,
               help="How to store the weights: auto picks the smallest file that passes verification.")
@@ -143,19 +146,25 @@ def _print_export(report: ExportReport) -> None:
 @click.option("--atol", type=click.FloatRange(0), default=1e-5, show_default=True, help="Parity tolerance, absolute.")
 @force_option("Replace OUT if it exists.")
 @json_option("Print the export report as JSON.")
-def export(ticket_path: Path, model_spec: str, arch: str | None, trust_pickle: bool, out: Path,
+def export(ticket_path: Path, model_arg: str | None, model_spec: str | None, arch: str | None, trust_pickle: bool,
+           out: Path,
            input_shape: tuple[tuple[int, ...], ...], storage: str, opset: int | None, static_batch: bool,
            exporter: str, no_verify: bool, provider: str, rtol: float, atol: float, force: bool,
            as_json: bool) -> None:
-    """Apply TICKET to the model and write it as ONNX with the masks baked in.
+    """Apply TICKET to MODEL and write it as ONNX with the masks baked in.
+
+    MODEL takes the same forms as in 'sparsekit prune'; without it, the model the ticket was made from.
 
     Prints the size of each storage (dense, sparse-initializer, compact), the one written and how far
     onnxruntime's outputs are from PyTorch's. Nothing is written if any check fails.
     """
-    check_out(out, force, what="--onnx")
+    check_out(out, force)
     if not ticket_path.is_file():
         raise FileNotFoundError(f"ticket file {ticket_path} does not exist" if not ticket_path.exists()
                                 else f"{ticket_path} is not a file")
+    if model_arg is not None and model_spec is not None and model_arg != model_spec:
+        raise UserError(f"give the model once: MODEL {model_arg!r} and --model {model_spec!r} differ")
+    model_spec, arch = ticket_model(ticket_path, model_arg or model_spec, arch)
     net = load_model(model_spec, arch=arch, trust_pickle=trust_pickle)
     report = export_onnx(net, out, input_shape=_input_shapes(input_shape), ticket=ticket_path, opset=opset,
                          dynamic_batch=not static_batch, storage=storage, verify=not no_verify, provider=provider,

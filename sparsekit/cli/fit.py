@@ -16,26 +16,19 @@ and rank 0 writes.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
-from torch import nn
 
 import sparsekit
 
 from . import UserError, stdout_console
-from ._models import load_model
-from ._options import check_out, force_option, size_text
-from .prune import WEIGHTS_DTYPES, DensityType, MethodType, _parse_options
+from ._fit_common import _AMP, _check_outputs, _common_options, _finish, _main_rank, save_trained
+from ._models import build_model
+from ._options import WEIGHTS_DTYPES, DensityType, MethodType, parse_options, size_text
 
-__all__ = ["fit", "weak", "build_model"]
-
-_AMP = {"auto": "auto", "bf16": "bf16", "fp16": "fp16", "none": None}
-
+__all__ = ["fit", "weak", "strong", "rewire_cmd"]
 
 class _FitGroup(click.Group):
     """``fit`` with ``imp`` loaded on demand (``fit_imp`` builds on this module's shared options)."""
@@ -58,101 +51,13 @@ def fit() -> None:
     trains while rewiring the mask with RigL or SET (paper §3, App. A.13)."""
 
 
-def build_model(spec: str | None, data: Any, *, arch: str | None, trust_pickle: bool) -> nn.Module:
-    """The model for ``spec``; ``sparsekit:`` models get ``num_classes`` and input size from the data.
-
-    Without ``spec``, flat-vector data (digits) gets the paper-style MLP ``sparsekit:mlp``.
-    """
-    if spec is None:
-        if len(data.input_shape) != 1:
-            raise UserError(f"--model is required for {data.name} (e.g. --model sparsekit:resnet20)")
-        spec = "sparsekit:mlp"
-    defaults: dict[str, Any] = {"num_classes": data.num_classes}
-    if spec.split(":")[:2] == ["sparsekit", "mlp"]:
-        defaults["in_features"] = math.prod(data.input_shape)
-    elif len(data.input_shape) == 3:
-        defaults["in_channels"] = data.input_shape[0]
-    return load_model(spec, arch=arch, trust_pickle=trust_pickle, defaults=defaults)
-
-
-def _common_options(fn):
-    """Options shared by ``fit weak`` and ``fit strong`` (model, data, optimiser, device, checkpoints, output)."""
-    for opt in reversed([
-        click.option("--model", "model_spec", metavar="SPEC", default=None,
-                     help="sparsekit:NAME (vgg16, vgg19, resnet18, resnet50, resnet20, resnet110, mlp; num_classes "
-                          "is taken from the data), torchvision:NAME, package.module:factory or a model file. "
-                          "Default for digits: sparsekit:mlp (64-512-512-10)."),
-        click.option("--arch", metavar="SPEC", default=None, help="Architecture for a state_dict --model file."),
-        click.option("--trust-pickle", is_flag=True,
-                     help="Allow pickled model files and pickled CIFAR batches that fail the official checksums."),
-        click.option("--data", "data_spec", metavar="SPEC", required=True,
-                     help="cifar10:ROOT, cifar100:ROOT, tiny-imagenet:ROOT, digits, or synthetic[:n=...]. Nothing "
-                          "is downloaded."),
-        click.option("-s", "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, metavar="INT",
-                     help="Seed of the masks and of the initial weights of built models (and of training unless "
-                          "--train-seed)."),
-        click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False),
-                     default="repair", show_default=True, help="Flow preservation of the ER mask."),
-        click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True),
-        click.option("--momentum", type=click.FloatRange(0), default=0.9, show_default=True),
-        click.option("--weight-decay", type=click.FloatRange(0), default=5e-4, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Per process."),
-        click.option("--amp", type=click.Choice(sorted(_AMP)), default="auto", show_default=True,
-                     help="auto: bf16 on GPUs that support it, off on the CPU."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
-        click.option("--train-seed", type=click.IntRange(0, 2**63 - 1), default=None, metavar="INT",
-                     help="Seed of the data order and augmentation (default: --seed)."),
-        click.option("--num-workers", type=click.IntRange(0), default=None, help="DataLoader workers (default: auto)."),
-        click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Write checkpoint.pt and history.json here after every epoch."),
-        click.option("--resume", is_flag=True, help="Continue the run in --checkpoint-dir (exactly)."),
-        click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-                     help="Write the ticket to FILE.safetensors."),
-        force_option("Replace FILE given to --out if it exists."),
-        click.option("--history", "history_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                     help="Write the per-epoch history as JSON to this file."),
-        click.option("--no-progress", is_flag=True, help="No progress bar and no per-epoch lines."),
-    ]):
-        fn = opt(fn)
-    return fn
-
-
-def _check_outputs(out: Path | None, history_path: Path | None, force: bool, resume: bool,
-                   checkpoint_dir: Path | None, main_rank: bool) -> None:
-    if resume and checkpoint_dir is None:
-        raise UserError("--resume needs --checkpoint-dir (the folder of the interrupted run)")
-    if out is not None:
-        if out.suffix.lower() != ".safetensors":
-            raise UserError(f"--out {out}: a ticket file must end in .safetensors")
-        if main_rank:
-            check_out(out, force)
-    if history_path is not None and main_rank:
-        check_out(history_path, force, what="--history")
-
-
-def _finish(history: Any, notes: list[str], history_path: Path | None) -> None:
-    if history_path is not None:
-        history.to_json(history_path)
-        notes.append(f"history written to {history_path}")
-    last = history[-1] if history else None
-    if last is not None:
-        acc = f"test accuracy {last.eval_acc:.4f}" if last.eval_acc is not None else \
-            f"train accuracy {last.train_acc:.4f}"
-        stdout_console().print(f"trained {len(history)} epochs: {acc}" + "".join(f"; {n}" for n in notes),
-                               markup=False)
-
-
-def _main_rank() -> bool:
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 @fit.command("weak", context_settings={"help_option_names": ["-h", "--help"]})
 @_common_options
 @click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
               help="Layerwise density scheme (see 'sparsekit methods').")
 @click.option("-d", "--density", type=DensityType(), default=None,
               help="Global fraction of weights to keep, in (0, 1]. Required unless --ticket.")
-@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=parse_options,
               help="Option of the method (repeatable).")
 @click.option("--dense", multiple=True, metavar="NAME", help="Keep this layer dense (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
@@ -167,8 +72,8 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
          density: float | None, seed: int, flow: str, method_options: dict[str, Any], dense: tuple[str, ...],
          exact: bool, ticket_path: Path | None, epochs: int, lr: float, momentum: float, weight_decay: float,
          batch_size: int, schedule: str, amp: str, device: str, train_seed: int | None, num_workers: int | None,
-         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights_dtype: str | None,
-         history_path: Path | None, no_progress: bool) -> None:
+         checkpoint_dir: Path | None, resume: bool, out: Path | None, force: bool, weights: str,
+         weights_dtype: str | None, history_path: Path | None, no_progress: bool) -> None:
     """Prune a model and train its kept weights: a weak lottery ticket (paper §2.2, App. A.7)."""
     from sparsekit.data import load_data
 
@@ -181,9 +86,7 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
     config = sparsekit.Method(method, method_options)
 
     data = load_data(data_spec, trust_pickle=trust_pickle)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # --seed fixes the initial weights too: two identical runs give identical weights
-        net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle, seed=seed)
     # pruned also when resuming: fit_weak then refuses a checkpoint whose masks were made with other settings
     if ticket_path is not None:
         ticket = sparsekit.apply_ticket(net, ticket_path)
@@ -206,8 +109,8 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
     ticket = sparsekit.ticket_of(net)
     notes = []
     if out is not None and ticket is not None:
-        sparsekit.save_ticket(ticket, out, weights="kept", model=net, overwrite=force,
-                              weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
+        save_trained(ticket, out, net, weights=weights, force=force,
+                     weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
         notes.append(f"weak ticket written to {out}, {size_text(out.stat().st_size)}")
     _finish(history, notes, history_path)
 
@@ -231,7 +134,7 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
 def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
            lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
            train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
-           out: Path | None, force: bool, history_path: Path | None, no_progress: bool, density: float,
+           out: Path | None, force: bool, weights: str, history_path: Path | None, no_progress: bool, density: float,
            er_density: float, er_method: str, final_method: str | None, levels: int, epochs_per_level: int,
            init: str, scale_fan: bool, schedule: str) -> None:
     """Find a strong lottery ticket inside an ER network with edge-popup (paper §2.1, App. A.7, A.9)."""
@@ -255,7 +158,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
         return
     notes = [f"strong ticket density {ticket.realised_density:.4g} inside an ER source of density {er_density:g}"]
     if out is not None:
-        sparsekit.save_ticket(ticket, out, overwrite=force)
+        save_trained(ticket, out, net, weights=weights, force=force)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
     _finish(ticket.history, notes, history_path)
 
@@ -286,7 +189,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
 def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
                lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
                train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
-               out: Path | None, force: bool, history_path: Path | None, no_progress: bool, method: str,
+               out: Path | None, force: bool, weights: str, history_path: Path | None, no_progress: bool, method: str,
                density: float | None, ticket_path: Path | None, final_density: float | None, rewire_method: str,
                update_every: int, drop_fraction: float, drop_schedule: str, stop_at: float, no_flow_keep: bool,
                epochs: int, schedule: str) -> None:
@@ -298,9 +201,7 @@ def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, dat
         raise UserError("give either --density (the initial ER density, e.g. 0.01) or --ticket FILE")
     _check_outputs(out, history_path, force, resume, checkpoint_dir, main_rank)
     data = load_data(data_spec, trust_pickle=trust_pickle)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # --seed fixes the initial weights too
-        net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle)
+    net = build_model(model_spec, data, arch=arch, trust_pickle=trust_pickle, seed=seed)
     if ticket_path is not None:
         sparsekit.apply_ticket(net, ticket_path)
     else:
@@ -316,6 +217,6 @@ def rewire_cmd(model_spec: str | None, arch: str | None, trust_pickle: bool, dat
     updates = ticket.method_options["rewire"]
     notes = [f"rewired ticket density {ticket.realised_density:.4g} after {updates['steps']} steps"]
     if out is not None:
-        sparsekit.save_ticket(ticket, out, overwrite=force)
+        save_trained(ticket, out, net, weights=weights, force=force)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
     _finish(ticket.history, notes, history_path)

@@ -22,13 +22,12 @@ from typing import Any
 import click
 import torch
 
-import sparsekit
 from sparsekit._io import atomic_write_text
 
 from . import UserError, stdout_console
-from ._options import size_text
-from .fit import _AMP, _check_outputs, _common_options, _main_rank, build_model
-from .prune import WEIGHTS_DTYPES, DensityType
+from ._fit_common import _AMP, _check_outputs, _common_options, _main_rank, save_trained
+from ._models import build_model
+from ._options import WEIGHTS_DTYPES, DensityType, size_text
 
 __all__ = ["imp"]
 
@@ -50,8 +49,8 @@ __all__ = ["imp"]
 def imp(ctx: click.Context, model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int,
         flow: str, lr: float, momentum: float, weight_decay: float, batch_size: int, amp: str, device: str,
         train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool, out: Path | None,
-        force: bool, history_path: Path | None, no_progress: bool, density: float, rounds: int, epochs_per_round: int,
-        rewind_epoch: int, schedule: str, weights_dtype: str | None) -> None:
+        force: bool, weights: str, history_path: Path | None, no_progress: bool, density: float, rounds: int,
+        epochs_per_round: int, rewind_epoch: int, schedule: str, weights_dtype: str | None) -> None:
     """Iterative magnitude pruning with weight rewinding (Frankle & Carbin; the paper's IMP baseline, §3, App. A.7).
 
     Each round trains the network, removes the smallest weights globally and rewinds the rest; the
@@ -84,8 +83,8 @@ def imp(ctx: click.Context, model_spec: str | None, arch: str | None, trust_pick
     if last is not None and last.eval_acc is not None:
         notes.insert(0, f"last round's test accuracy {last.eval_acc:.4f} (before its pruning)")
     if out is not None:
-        sparsekit.save_ticket(ticket, out, weights="kept", model=net, overwrite=force,
-                              weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
+        save_trained(ticket, out, net, weights=weights, force=force,
+                     weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
         notes.append(f"written to {out}, {size_text(out.stat().st_size)}")
     if history_path is not None:
         rows: list[dict[str, Any]] = [{"round": r, **s} for r, h in enumerate(histories, 1) for s in h.to_dicts()]

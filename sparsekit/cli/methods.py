@@ -50,4 +50,4 @@ def methods(as_json: bool) -> None:
                       Text(i.description))
     console = stdout_console()
     console.print(table)
-    console.print("use: sparsekit prune MODEL --method NAME --density P [-o OPTION=VALUE ...]", markup=False)
+    console.print("use: sparsekit prune MODEL --method NAME [--density P] [-O OPTION=VALUE ...]", markup=False)

@@ -28,74 +28,40 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
-from rich.table import Table
 from rich.text import Text
 from torch import nn
 
 import sparsekit
 import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from sparsekit._io import atomic_write_text
-from sparsekit._registry import method_infos
-from sparsekit.densities import validate_density
-from sparsekit.errors import UnknownMethodError
+from sparsekit.densities import DEFAULT_DENSITY
 from sparsekit.layers import FilterFn, default_filter
 
 from . import UserError, stdout_console
-from ._models import load_model, model_options, parse_kwargs
-from ._options import MAX_ROWS, SHOWN_AT_ENDS, add_rows, all_option, check_out, force_option, json_option, size_text
+from ._models import build_model, load_model, model_options, spec_of, write_state_dict
+from ._options import (
+    MAX_ROWS,
+    SHOWN_AT_ENDS,
+    WEIGHTS_DTYPES,
+    Col,
+    DensityType,
+    MethodType,
+    all_option,
+    check_out,
+    force_option,
+    json_option,
+    parse_options,
+    print_table,
+    size_text,
+)
 
 __all__ = ["prune", "MethodType", "DensityType", "exclude_filter", "print_report", "MAX_ROWS", "SHOWN_AT_ENDS"]
 
 TICKET_SUFFIX = ".safetensors"
-"""``--out`` files with this suffix get the ticket, any other the report as JSON."""
-WEIGHTS_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _method_names() -> str:
-    return ", ".join(f"{i.name} ({', '.join(i.aliases)})" if i.aliases else i.name for i in method_infos())
-
-
-class MethodType(click.ParamType):
-    """A registered method name or alias, resolved to its canonical name; choices come from the registry.
-
-    An unknown name is a user error (one line, exit status 1), not a usage error.
-    """
-
-    name = "method"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            return sparsekit.get_method(str(value)).name
-        except UnknownMethodError:
-            raise UserError(f"--method: unknown method {value!r}; valid methods: {_method_names()} "
-                            "(see 'sparsekit methods')") from None
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "[" + "|".join(sparsekit.list_methods()) + "]"
-
-    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        from click.shell_completion import CompletionItem
-
-        names = [n for i in method_infos() for n in (i.name, *i.aliases)]
-        return [CompletionItem(n) for n in names if n.startswith(incomplete.lower())]
-
-
-class DensityType(click.ParamType):
-    """A global density in (0, 1], checked by :func:`sparsekit.densities.validate_density`."""
-
-    name = "density"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"--density: {value!r} is not a number; give the fraction of weights to keep, "
-                            "in (0, 1], e.g. 0.01") from None
-        try:
-            return validate_density(number)
-        except ValueError as e:
-            raise UserError(f"--density: {e}") from None
+OUT_FORMATS = {".safetensors": "the ticket (with --weights kept: and the kept weights)",
+               ".pt": "the pruned state_dict (torch.save, loadable with weights_only=True)",
+               ".pth": "the pruned state_dict (as .pt)", ".json": "the report as JSON"}
+"""What ``prune --out`` writes, by the file's suffix; any other suffix is refused."""
 
 
 def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[re.Pattern]:
@@ -108,15 +74,31 @@ def _compile_patterns(ctx: click.Context, param: click.Parameter, values: Sequen
     return patterns
 
 
-def _parse_options(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for value in values:
-        try:
-            parsed = parse_kwargs(value, what="--option")
-        except ValueError as e:
-            raise click.BadParameter(str(e), ctx, param) from e
-        options.update(parsed)
-    return options
+MAGNITUDE = {"magnitude": "global", "magnitude-global": "global", "magnitude-layerwise": "layerwise"}
+"""``prune --method`` names of :func:`sparsekit.pruners.magnitude` (not ER: masks from the weights' values)."""
+
+
+class PruneMethodType(MethodType):
+    """A registered ER method, or ``magnitude`` / ``magnitude-layerwise`` (parity with torch.nn.utils.prune)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if str(value).strip().lower() in MAGNITUDE:
+            return str(value).strip().lower()
+        return super().convert(value, param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[" + "|".join([*sparsekit.list_methods(), "magnitude", "magnitude-layerwise"]) + "]"
+
+
+def _prune_magnitude(net: nn.Module, method: str, density: float | None, filter_fn: FilterFn | None,
+                     **unused: Any) -> sparsekit.Ticket:
+    given = [flag for flag, value in unused.items() if value]
+    if given:
+        raise UserError(f"--method {method} keeps the largest weights; {', '.join(given)} are for ER methods")
+    from sparsekit.pruners import magnitude
+
+    return magnitude(net, DEFAULT_DENSITY if density is None else density, scope=MAGNITUDE[method],
+                     filter_fn=filter_fn)
 
 
 def _names_of(module: nn.Module, module_fqn: str) -> list[str]:
@@ -151,35 +133,37 @@ def _fmt_density(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _row(r: dict[str, Any]) -> list[Text]:
-    return [Text(r["fqn"]), Text("×".join(map(str, r["shape"]))), Text(f"{r['params']:,}"),
-            Text(_fmt_density(r["target_density"])), Text(_fmt_density(r["realised_density"])),
-            Text(f"{r['nonzeros']:,}"), Text(f"{r['edges_added']:,}"), Text(f"{r['rows_repaired']:,}"),
-            Text(f"{r['cols_repaired']:,}")]
+REPORT_COLUMNS = (Col("layer", right=False, name=True), Col("shape", right=False, drop=5), Col("params", drop=4),
+                  Col("target"), Col("realised"), Col("nonzeros"), Col("edges added", drop=3),
+                  Col("rows repaired", drop=1), Col("cols repaired", drop=2))
+"""The report's columns, named as in ``str(ticket.report())``; repairs go first when the terminal is narrow."""
+
+
+def _row(r: dict[str, Any]) -> list[str]:
+    return [r["fqn"], "×".join(map(str, r["shape"])), f"{r['params']:,}", _fmt_density(r["target_density"]),
+            _fmt_density(r["realised_density"]), f"{r['nonzeros']:,}", f"{r['edges_added']:,}",
+            f"{r['rows_repaired']:,}", f"{r['cols_repaired']:,}"]
 
 
 def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = False) -> None:
-    """Print ``report`` as a rich table with a totals row; long reports are cut in the middle."""
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("layer", overflow="fold")
-    table.add_column("shape", no_wrap=True)
-    for name in ("params", "target", "realised", "nonzeros", "edges added", "rows repaired", "cols repaired"):
-        table.add_column(name, justify="right", no_wrap=True)
-    add_rows(table, [_row(r) for r in report.rows], show_all=show_all)
+    """Print ``report`` as a table with a totals row, fitted to the terminal; long reports are cut in the middle."""
     t = report.totals
-    table.add_row(Text("total", style="bold"), Text(""), Text(f"{t['params']:,}"),
-                  Text(_fmt_density(t["target_density"])), Text(_fmt_density(t["realised_density"]), style="bold"),
-                  Text(f"{t['nonzeros']:,}"), Text(f"{t['edges_added']:,}"), Text(""),
-                  Text(f"{t['pairs_repaired']} pairs"))
+    total = [Text("total", style="bold"), "", f"{t['params']:,}", _fmt_density(t["target_density"]),
+             Text(_fmt_density(t["realised_density"]), style="bold"), f"{t['nonzeros']:,}", f"{t['edges_added']:,}",
+             "", f"{t['pairs_repaired']} pairs"]
     console = stdout_console()
     if title:
         console.print(title, markup=False)
-    console.print(table)
+    dropped = print_table(console, REPORT_COLUMNS, [_row(r) for r in report.rows], total=total, show_all=show_all)
+    layers = f"{t['layers']} layer{'s' if t['layers'] != 1 else ''}"
     console.print(
         f"global density: target {_fmt_density(t['target_density'])}, realised "
-        f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} "
-        f"layers); flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) "
-        "pairs", markup=False)
+        f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {layers}); "
+        f"flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) pairs",
+        markup=False)
+    if dropped:
+        console.print(f"(columns {', '.join(dropped)} left out to fit {console.width} columns; --json has them all)",
+                      markup=False, style="dim")
 
 
 def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: str | None,
@@ -195,8 +179,6 @@ def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: st
         raise UserError(f"--method {info.name} takes its layerwise densities from a ticket: give --from TICKET")
     if source is not None and "ticket" not in info.inputs:
         raise UserError(f"--from is the source ticket of er-from; --method {info.name} does not take one")
-    if density is None and info.default_density is None:
-        raise UserError("give --density, the global fraction of weights to keep, in (0, 1] (e.g. 0.01)")
 
 
 def _title(spec: str, report: sparsekit.Report) -> str:
@@ -209,17 +191,18 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 
 @click.command("prune", context_settings={"help_option_names": ["-h", "--help"]})
 @model_options
-@click.option("-m", "--method", type=MethodType(), default="er-balanced", show_default=True,
-              help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods').")
+@click.option("-m", "--method", type=PruneMethodType(), default="er-balanced", show_default=True,
+              help="Layerwise density scheme (short names such as 'pyramidal' work; see 'sparsekit methods'), or "
+                   "magnitude / magnitude-layerwise: keep the largest weights (as torch.nn.utils.prune).")
 @click.option("-d", "--density", type=DensityType(), default=None,
-              help="Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Required, except "
-                   "for er-from (default: the --from ticket's density).")
+              help=f"Global fraction of weights to keep, in (0, 1] (density = 1 - sparsity). Default: "
+                   f"{DEFAULT_DENSITY:g} (er-from: the --from ticket's density).")
 @click.option("-s", "--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True, metavar="INT",
               help="Seed of the counter RNG; the same seed gives the same masks on every device.")
 @click.option("--flow", type=click.Choice(["repair", "resample", "none"], case_sensitive=False), default="repair",
               show_default=True, help="Flow preservation: random addition, rejection sampling, or none.")
-@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=_parse_options,
-              help="Option of the method, e.g. -o redistribute=False for er-balanced (repeatable).")
+@click.option("-O", "--option", "method_options", multiple=True, metavar="KEY=VALUE", callback=parse_options,
+              help="Option of the method, e.g. -O redistribute=False for er-balanced (repeatable).")
 @click.option("--exclude", multiple=True, metavar="REGEX", callback=_compile_patterns,
               help="Leave out modules whose name or parameter name fully matches REGEX (repeatable).")
 @click.option("--dense", multiple=True, metavar="NAME",
@@ -232,8 +215,9 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @click.option("--from", "source", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="TICKET",
               help="Source ticket file of er-from (e.g. from 'sparsekit fit imp'): its layerwise densities are used.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
-              help="Save the ticket to FILE if it ends in .safetensors (see 'sparsekit info'); write the "
-                   "report as JSON to any other FILE.")
+              help="By suffix: FILE.safetensors the ticket (see 'sparsekit info'), FILE.pt or .pth the pruned "
+                   "state_dict (in the input's layout; torch.load(weights_only=True) reads it), FILE.json "
+                   "the report.")
 @force_option("Replace FILE given to --out if it exists.")
 @click.option("--weights", type=click.Choice(["kept"]), default=None,
               help="With --out FILE.safetensors: also store the kept weight values and the unmasked "
@@ -251,29 +235,39 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
     torchvision:NAME[:KEY=VALUE,...] (e.g. torchvision:resnet18:num_classes=10),
     package.module:factory[:KEY=VALUE,...], or a model file: torch.export (.pt2), a state_dict
-    (with --arch), or TorchScript or a pickled module (only with --trust-pickle: they run code).
+    (torch.save(model.state_dict()); its layer kinds are read from the tensors' shapes and names, or give
+    --arch), or TorchScript or a pickled module (only with --trust-pickle: they run code).
+
+    The density defaults to 0.01. --out writes by suffix: .safetensors the ticket, .pt/.pth the pruned
+    state_dict, .json the report.
     """
-    config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
-    _check_inputs(config, density, data_spec, source)
-    to_ticket = out is not None and out.suffix.lower() == TICKET_SUFFIX
+    config = None
+    if method not in MAGNITUDE:
+        config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
+        _check_inputs(config, density, data_spec, source)
+    elif method_options or data_spec or source:
+        raise UserError(f"--method {method} keeps the largest weights and takes no -O, --data or --from")
+    suffix = out.suffix.lower() if out is not None else ""
+    if out is not None:  # fail before the (possibly slow) model loading
+        check_out(out, force)
+    if out is not None and suffix not in OUT_FORMATS:
+        raise UserError(f"--out {out}: the suffix says what to write; use "
+                        + "; ".join(f"{s} for {what}" for s, what in OUT_FORMATS.items()))
+    to_ticket = suffix == TICKET_SUFFIX
     if weights is not None and not to_ticket:
         raise UserError(f"--weights {weights} needs --out FILE{TICKET_SUFFIX} (a ticket file)")
     if weights_dtype is not None and weights is None:
         raise UserError("--weights-dtype needs --weights kept")
-    if out is not None:  # fail before the (possibly slow) model loading
-        check_out(out, force)
     started = time.perf_counter()
     inputs: dict[str, Any] = {}  # method inputs and options taken from --data/--from
     if data_spec is not None:
         from sparsekit.data import load_data
 
-        from .fit import build_model
-
         data = load_data(data_spec, trust_pickle=trust_pickle)
         net = build_model(model, data, arch=arch, trust_pickle=trust_pickle)
-        if "data" in config.info.inputs:
+        if config is not None and "data" in config.info.inputs:
             inputs["data"] = data.train
-        if "input_shape" in config.info.options and "input_shape" not in config.options:
+        if config is not None and "input_shape" in config.info.options and "input_shape" not in config.options:
             inputs["input_shape"] = tuple(data.input_shape)
     else:
         net = load_model(model, arch=arch, trust_pickle=trust_pickle)
@@ -286,22 +280,35 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         filter_fn = exclude_filter(exclude)
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
-    ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                             exact=exact, **inputs)
+    if config is None:
+        ticket = _prune_magnitude(net, method, density, filter_fn, **{"--dense": dense, "--exact": exact,
+                                                                      "--seed": seed != 0,
+                                                                      "--flow": flow.lower() != "repair"})
+    else:
+        ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
+                                 exact=exact, **inputs)
+    ticket.model_spec = {"spec": spec_of(net, model), "arch": arch}
     report = ticket.report()
     note = ""
     if out is not None:
         if to_ticket:
             sparsekit.save_ticket(ticket, out, weights=weights, overwrite=force,
                                   weights_dtype=WEIGHTS_DTYPES[weights_dtype] if weights_dtype else None)
-        else:
+            what = "ticket"
+        elif suffix == ".json":
             atomic_write_text(out, report.to_json() + "\n", overwrite=force)
-        note = f"; {'ticket' if to_ticket else 'report'} written to {out}, {size_text(out.stat().st_size)}"
+            what = "report"
+        else:
+            what = f"pruned state_dict ({write_state_dict(net, out, overwrite=force)} tensors)"
+        note = f"; {what} written to {out}, {size_text(out.stat().st_size)}"
     if as_json:
         click.echo(report.to_json())
         if note:
             click.echo(note[2:], err=True)
         return
-    print_report(report, title=_title(model, report), show_all=show_all)
+    default = ""
+    if density is None and source is None:
+        default = f" (the default density {DEFAULT_DENSITY:g}; set it with --density)"
+    print_report(report, title=_title(model, report) + default, show_all=show_all)
     stdout_console().print(f"pruned in {ticket.elapsed_s:.2f} s (model loaded in {loaded_s:.2f} s){note}",
                            markup=False)

@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 import torch
-from rich.table import Table
 from rich.text import Text
 from torch import nn
 
@@ -32,11 +31,13 @@ from sparsekit._safety import escape_text
 from sparsekit.formats.codecs import entropy_bound_bytes
 from sparsekit.formats.ticket_file import read_ticket_metadata
 
-from . import stdout_console
-from ._models import load_model, model_options
-from ._options import add_rows, all_option, check_out, force_option, json_option, size_text
+from . import UserError, stdout_console
+from ._models import checkpoint_tensors, load_model
+from ._options import Col, all_option, check_out, force_option, json_option, print_table, size_text
+from ._tickets import ticket_model, with_model_hint
 
-__all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits"]
+__all__ = ["info", "apply", "verify", "ticket_info", "binary_entropy_bits", "check_checkpoint",
+           "describe_file"]
 
 _TICKET_PATH = click.Path(dir_okay=False, path_type=Path)
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -44,6 +45,17 @@ _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 def _ticket_argument(fn: Any) -> Any:
     return click.argument("ticket_path", metavar="TICKET", type=_TICKET_PATH)(fn)
+
+
+def _optional_model(fn: Any) -> Any:
+    """``[MODEL]`` (default: the model the ticket records) with ``--arch`` and ``--trust-pickle``."""
+    fn = click.option(
+        "--trust-pickle", is_flag=True,
+        help="Allow loading a pickled module (torch.save(model)); this runs code from the file, so only "
+             "use it for files you trust.")(fn)
+    fn = click.option("--arch", metavar="SPEC", default=None,
+                      help="Architecture for a state_dict MODEL file (default: the one the ticket records).")(fn)
+    return click.argument("model", metavar="[MODEL]", required=False, default=None)(fn)
 
 
 def binary_entropy_bits(numel: int, nnz: int) -> float:
@@ -94,8 +106,10 @@ def ticket_info(path: Path) -> dict[str, Any]:
         "rng": t.get("rng"), "target_density": t.get("density"),
         "realised_density": nnz_total / params if params else 1.0, "weights": weights,
         "masks_rebuilt_from_seed": kind == "er", "layers": layers,
+        "model": t.get("model") if isinstance(t.get("model"), dict) else None,
         "totals": {
-            "layers": len(layers), "params": params, "nonzeros": nnz_total,
+            "layers": len(layers), "masked_layers": sum(r["target_density"] < 1 for r in layers),
+            "params": params, "nonzeros": nnz_total,
             "mask_bytes": sum(r["mask_bytes"] for r in layers),
             "weight_bytes": sum(r["weight_bytes"] for r in layers),
             "state_bytes": state_bytes, "header_bytes": offset, "file_bytes": file_bytes,
@@ -120,23 +134,22 @@ def _print_info(d: dict[str, Any], show_all: bool) -> None:
     console.print(f"{escape_text(d['file'], 1000)}: kind {d['kind']}, method {method}{options}, "
                   f"seed {d['seed']}, flow {d['flow'] or 'none'}, exact {'yes' if d['exact'] else 'no'}, "
                   f"rng {escape_text(str(d['rng']))}", markup=False)
+    if d.get("model"):
+        arch = f" (--arch {escape_text(str(d['model']['arch']))})" if d["model"].get("arch") else ""
+        console.print(f"model: {escape_text(str(d['model']['spec']), 1000)}{arch}", markup=False)
     t = d["totals"]
     console.print(f"density: target {_density(d['target_density'])}, realised {_density(d['realised_density'])} "
-                  f"({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} layers)", markup=False)
-    table = Table(show_edge=False, pad_edge=False)
-    table.add_column("layer", overflow="fold")
-    table.add_column("shape", no_wrap=True)
-    for name in ("target", "realised", "nonzeros", "encoding", "bytes"):
-        table.add_column(name, justify="right", no_wrap=True)
-    rows = [[Text(escape_text(r["fqn"], 1024)), Text("×".join(map(str, r["shape"]))),
-             Text(_density(r["target_density"])), Text(_density(r["realised_density"])),
-             Text(f"{r['nonzeros']:,}"), Text(escape_text(r["encoding"])), Text(f"{r['bytes']:,}")]
+                  f"({t['nonzeros']:,} of {t['params']:,} weights in {_layers(t['layers'], t['masked_layers'])})",
+                  markup=False)
+    cols = [Col("layer", right=False, name=True), Col("shape", right=False, drop=2), Col("target", drop=3),
+            Col("realised"), Col("nonzeros"), Col("encoding", drop=1), Col("bytes")]
+    rows = [[escape_text(r["fqn"], 1024), "×".join(map(str, r["shape"])), _density(r["target_density"]),
+             _density(r["realised_density"]), f"{r['nonzeros']:,}", escape_text(r["encoding"]), f"{r['bytes']:,}"]
             for r in d["layers"]]
-    add_rows(table, rows, show_all=show_all)
-    table.add_row(Text("total", style="bold"), Text(""), Text(_density(d["target_density"])),
-                  Text(_density(d["realised_density"]), style="bold"), Text(f"{t['nonzeros']:,}"), Text(""),
-                  Text(f"{t['mask_bytes'] + t['weight_bytes']:,}"))
-    console.print(table)
+    total = [Text("total", style="bold"), "", _density(d["target_density"]),
+             Text(_density(d["realised_density"]), style="bold"), f"{t['nonzeros']:,}", "",
+             f"{t['mask_bytes'] + t['weight_bytes']:,}"]
+    print_table(console, cols, rows, total=total, show_all=show_all)
     parts = [f"header {t['header_bytes']:,}", f"mask bits {t['mask_bytes']:,}"]
     if d["weights"] is not None:
         dtype = escape_text(str(d["weights"].get("dtype") or "as in the model"))
@@ -159,11 +172,38 @@ def info(ticket_path: Path, as_json: bool, show_all: bool) -> None:
 
     Reads only the header; 'sparsekit verify' rebuilds and checks the masks.
     """
-    d = ticket_info(ticket_path)
+    try:
+        d = ticket_info(ticket_path)
+    except TicketError as e:
+        what = describe_file(ticket_path)
+        if what is None:
+            raise
+        raise TicketError(f"{ticket_path} is not a sparsekit ticket: it is {what}") from e
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
     _print_info(d, show_all)
+
+
+def describe_file(path: Path) -> str | None:
+    """What a file that is not a ticket is (a state_dict, a module archive, an ONNX model), with the command
+    that reads it; None if it cannot be told. Nothing from the file runs as code."""
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model; 'sparsekit onnx-check FILE' checks and times it"
+    from ._models import read_state_dict_file
+
+    try:
+        sd = read_state_dict_file(path)
+    except (ValueError, OSError):
+        return None
+    hint = ("; 'sparsekit sparsity FILE' measures its sparsity per layer and 'sparsekit verify TICKET FILE' "
+            "checks it against a ticket")
+    if sd is not None:
+        n = sum(v.numel() for v in sd.values())
+        return f"a state_dict of {len(sd)} tensors ({n:,} values){hint}"
+    return f"a model file (a module archive or a pickled module){hint}"
 
 
 # --- apply -----------------------------------------------------------------------------------------------
@@ -186,35 +226,45 @@ def savable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _layers(n: int, masked: int) -> str:
+    """``"3 layers (2 masked)"``: the one layer count every command gives for a ticket."""
+    return f"{n} layer{'s' if n != 1 else ''}" + (f" ({masked} masked)" if masked != n else "")
+
+
 def _masked_summary(ticket: sparsekit.Ticket) -> str:
     masked = [r for r in ticket.layers if r.fqn in ticket.compact_masks]
     params = sum(r.numel for r in ticket.layers)
     nnz = sum(r.nonzeros for r in ticket.layers)
-    return (f"{len(masked)} masked layers, {nnz:,} of {params:,} weights kept "
+    return (f"{_layers(len(ticket.layers), len(masked))}, {nnz:,} of {params:,} weights kept "
             f"(density {_density(nnz / params if params else 1.0)})")
 
 
 @click.command("apply", context_settings=_CONTEXT)
 @_ticket_argument
-@model_options
+@_optional_model
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True, metavar="OUT",
               help="Where to write the masked model's state_dict (safetensors; conventionally *.safetensors).")
 @click.option("--strict/--no-strict", default=True, show_default=True,
               help="Require the model to be the one the ticket was saved from (same module types and "
                    "parameters); --no-strict only needs the masked layers to be there with their shapes.")
 @force_option("Replace OUT if it exists.")
-def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, out: Path, strict: bool,
+def apply(ticket_path: Path, model: str | None, arch: str | None, trust_pickle: bool, out: Path, strict: bool,
           force: bool) -> None:
     """Apply TICKET to MODEL and write the masked state_dict to OUT (safetensors).
 
-    Weights stored in the ticket (prune --weights kept) are loaded too. MODEL takes the same forms as in
-    'sparsekit prune'. OUT is written atomically and never replaced without --force.
+    Weights stored in the ticket (prune --weights kept, every fit command) are loaded too, so the file is
+    the trained model. MODEL takes the same forms as in 'sparsekit prune'; without it, the model the ticket
+    was made from (see 'sparsekit info'). OUT is written atomically and never replaced without --force.
     """
     check_out(out, force)
     read_ticket_metadata(ticket_path)  # a bad ticket fails before the model is built (header only: quick)
+    model, arch = ticket_model(ticket_path, model, arch)
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
-    sparsekit.apply_ticket(net, ticket, strict=strict)
+    try:
+        ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
+        sparsekit.apply_ticket(net, ticket, strict=strict)
+    except TicketError as e:
+        raise with_model_hint(e, ticket_path) from e
     tensors = savable_state_dict(net)
     from safetensors.torch import save
 
@@ -229,11 +279,35 @@ def apply(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool, o
 # --- verify ----------------------------------------------------------------------------------------------
 
 
+def _find_tensor(tensors: dict[str, torch.Tensor], rec: Any) -> torch.Tensor | None:
+    for name in (rec.fqn, *rec.aliases):
+        for key in (name, f"module.{name}"):  # saved from a DistributedDataParallel wrapper
+            if key in tensors:
+                return tensors[key]
+    return None
+
+
 @torch.no_grad()
-def _verify(ticket: sparsekit.Ticket, net: nn.Module) -> tuple[int, int]:
-    """Check ``net`` (with ``ticket`` applied) against the ticket; returns (weights checked, stored values
-    compared). Raises TicketError naming the first layer that does not match."""
-    checked = compared = 0
+def check_checkpoint(ticket: sparsekit.Ticket, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Check a checkpoint's tensors, as they are, against ``ticket``'s masks.
+
+    For every masked layer: the count of pruned positions (mask False) and of those holding a nonzero
+    value in the checkpoint; if the ticket stores weights, the count of kept values that differ from them.
+
+    Returns:
+        ``{"layers": [{fqn, shape, pruned, nonzero_at_pruned, kept_differ}], "state_differ": [keys],
+        "pruned": total, "nonzero_at_pruned": total, "kept_differ": total, "stored_compared": n}``.
+
+    Raises:
+        TicketError: a mask does not rebuild to its recorded count, or a masked weight is missing from the
+            checkpoint or has another shape.
+    """
+    rows = []
+    compared = 0
+    missing = [r.fqn for r in ticket.layers if r.fqn in ticket.compact_masks and _find_tensor(tensors, r) is None]
+    if missing:
+        raise TicketError(f"masked weights {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} are missing "
+                          f"in the model ({len(missing)} of {len(ticket.compact_masks)}); is it the ticket's model?")
     for r in ticket.layers:
         cm = ticket.compact_masks.get(r.fqn)
         if cm is None:
@@ -242,52 +316,112 @@ def _verify(ticket: sparsekit.Ticket, net: nn.Module) -> tuple[int, int]:
         if int(mask.sum()) != r.nonzeros:
             raise TicketError(f"layer {r.fqn}: the rebuilt mask has {int(mask.sum()):,} nonzeros, the ticket "
                               f"records {r.nonzeros:,}")
-        p = net.get_parameter(r.fqn).detach().cpu()
+        p = _find_tensor(tensors, r)
+        assert p is not None
+        if p.is_meta:
+            raise ValueError(f"{r.fqn} is on the meta device (no values); materialise the model to verify it")
+        p = p.detach().cpu()
         if tuple(p.shape) != tuple(mask.shape):
-            raise TicketError(f"layer {r.fqn}: weight shape {tuple(p.shape)}, mask {tuple(mask.shape)}")
+            raise TicketError(f"layer {r.fqn}: weight shape {tuple(p.shape)} in the model, {tuple(mask.shape)} in "
+                              "the ticket")
         stray = int(torch.count_nonzero(p[~mask]))
-        if stray:
-            raise TicketError(f"layer {r.fqn}: {stray:,} weights at pruned positions are not zero")
-        checked += p.numel()
-        if ticket.weights:
-            vals = ticket.weights.get(f"kept/{r.fqn}")
-            if vals is not None:
-                got = p.reshape(-1)[cm.kept_indices().cpu()]
-                if not torch.equal(got, vals.to(p.dtype)):
-                    bad = int((got != vals.to(p.dtype)).sum())
-                    raise TicketError(f"layer {r.fqn}: {bad:,} kept weights differ from the values stored in the "
-                                      "ticket")
-                compared += vals.numel()
+        differ = 0
+        vals = ticket.weights.get(f"kept/{r.fqn}") if ticket.weights else None
+        if vals is not None:
+            got = p.reshape(-1)[cm.kept_indices().cpu()]
+            differ = int((got != vals.to(p.dtype)).sum())
+            compared += vals.numel()
+        rows.append({"fqn": r.fqn, "shape": list(mask.shape), "pruned": int(mask.numel() - r.nonzeros),
+                     "nonzero_at_pruned": stray, "kept_differ": differ})
+    state_differ = []
     if ticket.weights:
-        sd = net.state_dict()
-        for name, t in ticket.weights.items():
+        for name, value in ticket.weights.items():
             if not name.startswith("state/"):
                 continue
             key = name[len("state/"):]
-            if key not in sd or not torch.equal(sd[key].detach().cpu(), t.to(sd[key].dtype)):
-                raise TicketError(f"state_dict entry {key} differs from the value stored in the ticket")
-            compared += t.numel()
-    return checked, compared
+            got = tensors.get(key, tensors.get(f"module.{key}"))
+            if got is None or tuple(got.shape) != tuple(value.shape) or not torch.equal(got.detach().cpu(),
+                                                                                       value.to(got.dtype)):
+                state_differ.append(key)
+            compared += value.numel()
+    return {"layers": rows, "state_differ": state_differ, "pruned": sum(x["pruned"] for x in rows),
+            "nonzero_at_pruned": sum(x["nonzero_at_pruned"] for x in rows),
+            "kept_differ": sum(x["kept_differ"] for x in rows), "stored_compared": compared}
+
+
+def _print_check(result: dict[str, Any], stored: bool, show_all: bool) -> None:
+    cols = [Col("layer", right=False, name=True), Col("shape", right=False, drop=1), Col("pruned"),
+            Col("nonzero at pruned")]
+    if stored:
+        cols.append(Col("kept differ"))
+    rows = []
+    for x in result["layers"]:
+        bad = x["nonzero_at_pruned"] > 0
+        row: list[str | Text] = [x["fqn"], "×".join(map(str, x["shape"])), f"{x['pruned']:,}",
+                                 Text(f"{x['nonzero_at_pruned']:,}", style="bold red" if bad else "")]
+        if stored:
+            row.append(Text(f"{x['kept_differ']:,}", style="bold red" if x["kept_differ"] else ""))
+        rows.append(row)
+    total: list[str | Text] = [Text("total", style="bold"), "", f"{result['pruned']:,}",
+                               Text(f"{result['nonzero_at_pruned']:,}", style="bold")]
+    if stored:
+        total.append(f"{result['kept_differ']:,}")
+    print_table(stdout_console(), cols, rows, total=total, show_all=show_all)
 
 
 @click.command("verify", context_settings=_CONTEXT)
 @_ticket_argument
-@model_options
-def verify(ticket_path: Path, model: str, arch: str | None, trust_pickle: bool) -> None:
-    """Check that TICKET rebuilds and fits MODEL exactly; exit status 0 if so, else 1 with the reason.
+@_optional_model
+@json_option("Print the per-layer counts as JSON.")
+@all_option()
+def verify(ticket_path: Path, model: str | None, arch: str | None, trust_pickle: bool, as_json: bool,
+           show_all: bool) -> None:
+    """Check MODEL, as it is, against TICKET: exit status 0 if every pruned position is zero, else 1.
 
-    Rebuilds every mask (er masks from the seed), applies the ticket strictly to MODEL, and checks that
-    pruned positions are zero, that the masks keep the recorded numbers of weights and, if the ticket
-    stores weights, that the model's kept values equal the stored ones.
+    MODEL is usually a checkpoint file (a state_dict needs no --arch here; its tensors are read as they
+    are); without it, the model the ticket was made from. For every masked layer verify counts the pruned
+    positions and those holding a nonzero value,
+    and prints them per layer; if the ticket stores weights (prune --weights kept), it also counts kept
+    values that differ from the stored ones. Masks are rebuilt from the ticket (er masks from the seed)
+    and must keep the recorded numbers of weights. Nothing is applied to the model.
     """
-    read_ticket_metadata(ticket_path)  # a bad ticket fails before the model is built (header only: quick)
-    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
-    if any(p.is_meta for p in net.parameters()):
-        raise ValueError(f"{model} is on the meta device (no values); materialise it to verify")
-    ticket = sparsekit.load_ticket(ticket_path, model=net)  # the model bounds the work the ticket may ask for
-    sparsekit.apply_ticket(net, ticket, strict=True)
-    checked, compared = _verify(ticket, net)
+    read_ticket_metadata(ticket_path)  # a bad ticket fails before the model is read (header only: quick)
+    model, arch = ticket_model(ticket_path, model, arch)
+    tensors = checkpoint_tensors(model, arch=arch, trust_pickle=trust_pickle)
+    try:
+        # the checkpoint bounds the work the ticket may ask for: its masks are never larger than the file's tensors
+        ticket = sparsekit.load_ticket(ticket_path, max_elements=max(1, sum(t.numel() for t in tensors.values())))
+        result = check_checkpoint(ticket, tensors)
+    except TicketError as e:
+        raise with_model_hint(e, ticket_path) from e
+    stored = bool(ticket.weights)
+    if as_json:
+        click.echo(json.dumps({"ticket": str(ticket_path), "model": model, **result}, indent=2))
+    else:
+        _print_check(result, stored, show_all)
+    layers = result["layers"]
+    bad = [x for x in layers if x["nonzero_at_pruned"]]
+    problems = []
+    if bad:
+        worst = max(bad, key=lambda x: x["nonzero_at_pruned"])
+        problems.append(f"{result['nonzero_at_pruned']:,} of {result['pruned']:,} pruned positions hold nonzero "
+                        f"values, in {len(bad)} of {len(layers)} masked layers (most: {worst['fqn']}, "
+                        f"{worst['nonzero_at_pruned']:,}); the file is not pruned with this ticket (another seed, "
+                        "or not pruned)")
+    if result["kept_differ"]:
+        differ = [x["fqn"] for x in layers if x["kept_differ"]]
+        problems.append(f"{result['kept_differ']:,} kept weights differ from the values stored in the ticket "
+                        f"(in {', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''})")
+    if result["state_differ"]:
+        problems.append(f"state_dict entries {', '.join(result['state_differ'][:3])} differ from the values stored "
+                        "in the ticket")
+    if problems:
+        raise UserError(f"verify failed: {model} does not match {ticket_path}: " + "; ".join(problems))
+    if as_json:
+        return
     source = "rebuilt from seed" if ticket.kind == "er" else "decoded"
-    stored = f"; {compared:,} stored weight values match" if ticket.weights else ""
-    click.echo(f"ok: {ticket_path} fits {model}: {_masked_summary(ticket)}; masks {source}, nonzero counts match, "
-               f"all pruned positions of the masked weights ({checked:,} entries) are zero{stored}")
+    stored_text = f"; {result['stored_compared']:,} stored weight values match" if stored else ""
+    stdout_console().print(
+        f"ok: {model} matches {ticket_path}: all {result['pruned']:,} pruned positions of "
+        f"{_layers(len(ticket.layers), len(layers))} are zero; masks {source}, nonzero counts match{stored_text}",
+        markup=False)

@@ -48,6 +48,11 @@ The encoder picks the smallest of these per tensor (or keeps it dense if that is
 model's metadata entry ``sparsekit.storage`` (JSON) lists every encoded tensor with its encoding and
 the names of its ``values``/``positions`` initializers; :func:`load_onnx_weights` decodes them in
 numpy, without onnxruntime.
+
+The code is split along its jobs: this module exports (and re-exports the public names of the
+others), :mod:`sparsekit.formats.onnx_storage` encodes and decodes the storages,
+:mod:`sparsekit.formats.onnx_verify` runs the checker, the parity check and :func:`check_onnx`, and
+:mod:`sparsekit.formats.onnx_base` holds the result records and helpers they share.
 """
 
 from __future__ import annotations
@@ -55,14 +60,9 @@ from __future__ import annotations
 import copy
 import io
 import json
-import math
 import os
-import re
-import statistics
-import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,369 +72,43 @@ from torch import nn
 
 from .._io import atomic_write_bytes
 from ..errors import SparsekitError
+from .onnx_base import (
+    _MAX_PROTO_BYTES,
+    COMPACT_FORMAT,
+    COMPACT_MIN_OPSET,
+    EXPORTERS,
+    METADATA_KEY,
+    PROVIDERS,
+    STORAGES,
+    ExportReport,
+    LayerExport,
+    OnnxCheck,
+    Parity,
+    TensorStorage,
+    _available_provider,
+    _example_inputs,
+    _first_line,
+    _import_onnx,
+    _names,
+    _opset,
+    _provider_name,
+    _reference,
+    _root_reason,
+    _size,
+    ort_session,
+    random_inputs,
+)
+from .onnx_storage import encode_storage, load_onnx_weights
+from .onnx_verify import _check, _parity, _parity_sets, _set_reference, check_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
-    import onnxruntime
 
 __all__ = [
     "STORAGES", "PROVIDERS", "ExportReport", "LayerExport", "Parity", "TensorStorage", "OnnxCheck",
     "export_onnx", "encode_storage", "load_onnx_weights", "check_onnx", "ort_session", "random_inputs",
+    "EXPORTERS", "METADATA_KEY", "COMPACT_FORMAT", "COMPACT_MIN_OPSET",
 ]
-
-STORAGES = ("auto", "dense", "sparse-initializer", "compact")
-"""Values of ``storage``; ``auto`` picks the smallest file that passes verification."""
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-"""Short provider names and the onnxruntime execution providers they select."""
-EXPORTERS = ("auto", "dynamo", "torchscript")
-METADATA_KEY = "sparsekit.storage"
-COMPACT_FORMAT = "sparsekit-compact-v1"
-COMPACT_MIN_OPSET = 11
-_MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit on one serialised message
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_FLOAT_TYPES = ("float16", "float32", "float64")
-_INSTALL_ONNX = "pip install 'sparsekit[onnx]'"
-
-
-# --- results -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorStorage:
-    """How one initializer is stored in a file.
-
-    Attributes:
-        name: the initializer's name in the graph (the parameter's fqn for exported weights).
-        encoding: ``"dense"``, ``"sparse"`` (SparseTensorProto), ``"bitmask"``, ``"gap8"``, ``"gap16"``
-            or ``"zeros"``.
-        shape: the tensor's shape.
-        dtype: numpy dtype name.
-        nonzeros: entries that are not zero.
-        payload_bytes: bytes of the stored data (values plus positions or indices; raw data only).
-    """
-
-    name: str
-    encoding: str
-    shape: tuple[int, ...]
-    dtype: str
-    nonzeros: int
-    payload_bytes: int
-
-
-@dataclass(frozen=True)
-class LayerExport:
-    """One masked weight in the exported file.
-
-    Attributes:
-        fqn: the parameter's name in the model.
-        initializer: its initializer in the ONNX graph (None if the exporter folded it into another
-            constant, so that it cannot be found by name or by its zero pattern).
-        shape: the weight's shape.
-        kept: weights the mask keeps.
-        encoding: how the written file stores it (see :class:`TensorStorage`).
-        payload_bytes: bytes the written file spends on it.
-    """
-
-    fqn: str
-    initializer: str | None
-    shape: tuple[int, ...]
-    kept: int
-    encoding: str
-    payload_bytes: int
-
-
-@dataclass(frozen=True)
-class Parity:
-    """onnxruntime output versus PyTorch output on one set of inputs.
-
-    ``max_rel_diff`` is ``max_abs_diff`` divided by the largest absolute PyTorch output value; the check
-    passes when ``max_abs_diff <= atol + rtol * max|PyTorch output|`` for every output.
-    """
-
-    inputs: str
-    shapes: list[list[int]]
-    max_abs_diff: float
-    max_rel_diff: float
-    passed: bool
-    problem: str | None = None
-
-
-@dataclass
-class ExportReport:
-    """What :func:`export_onnx` did.
-
-    Attributes:
-        path: the file written.
-        storage: the storage written (``auto`` resolved).
-        requested_storage: the ``storage`` argument.
-        exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, via ``torch.export``) or
-            ``"torchscript"`` (``dynamo=False``).
-        exporter_note: why the TorchScript exporter was used, if the dynamo one failed.
-        opset: the ONNX opset of the file.
-        dynamic_batch: whether the first axis of every input is symbolic (``batch``).
-        file_bytes: size of the written file.
-        sizes: serialised size of every storage that was built, by storage name.
-        weight_bytes: bytes each storage spends on the masked weights (payload only).
-        params: elements of the masked weights.
-        kept: weights the masks keep.
-        layers: one :class:`LayerExport` per masked weight.
-        parity: the onnxruntime checks of the written file (empty with ``verify=False``).
-        rejected: storages ``auto`` did not write because they failed a check, with the reason.
-        provider: the onnxruntime execution provider used for verification.
-        rtol, atol: the parity tolerances.
-        checker: ``"full"`` if ``onnx.checker`` with shape inference passed, ``"basic"`` if only the
-            structural check could run (shape inference failed on an operator it does not know).
-    """
-
-    path: Path
-    storage: str
-    requested_storage: str
-    exporter: str
-    exporter_note: str | None
-    opset: int
-    dynamic_batch: bool
-    file_bytes: int
-    sizes: dict[str, int]
-    weight_bytes: dict[str, int]
-    params: int
-    kept: int
-    layers: list[LayerExport]
-    parity: list[Parity] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    provider: str | None = None
-    rtol: float = 1e-3
-    atol: float = 1e-5
-    checker: str = "full"
-
-    @property
-    def density(self) -> float:
-        """Kept fraction of the masked weights (1.0 when nothing is masked)."""
-        return self.kept / self.params if self.params else 1.0
-
-    @property
-    def bytes_per_kept_weight(self) -> dict[str, float]:
-        """Bytes each storage spends per kept weight of the masked layers (payload only)."""
-        return {k: v / self.kept for k, v in self.weight_bytes.items()} if self.kept else {}
-
-    @property
-    def max_abs_diff(self) -> float | None:
-        """Largest absolute difference onnxruntime versus PyTorch over all checked inputs."""
-        return max((p.max_abs_diff for p in self.parity), default=None)
-
-    @property
-    def max_rel_diff(self) -> float | None:
-        """Largest relative difference (see :class:`Parity`) over all checked inputs."""
-        return max((p.max_rel_diff for p in self.parity), default=None)
-
-    @property
-    def verified(self) -> bool:
-        """Whether onnxruntime ran the file and matched PyTorch on every checked input."""
-        return bool(self.parity) and all(p.passed for p in self.parity)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of everything above (paths as strings)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d.update(density=self.density, bytes_per_kept_weight=self.bytes_per_kept_weight,
-                 max_abs_diff=self.max_abs_diff, max_rel_diff=self.max_rel_diff, verified=self.verified)
-        return d
-
-    def summary(self) -> str:
-        """A few lines for people: file, storage, sizes, parity."""
-        dense = self.sizes.get("dense")
-        how = "smallest that passed verification" if self.parity else "smallest; not verified"
-        chosen = f"{self.storage} (auto: {how})" if self.requested_storage == "auto" else self.storage
-        lines = [f"wrote {self.path}: {_size(self.file_bytes)}, storage {chosen}"]
-        exporter = "torch.onnx dynamo (torch.export)" if self.exporter == "dynamo" else "torch.onnx TorchScript"
-        lines.append(f"exporter: {exporter}, opset {self.opset}, "
-                     f"{'dynamic batch' if self.dynamic_batch else 'fixed input shapes'}, checker {self.checker}"
-                     + (f"; dynamo exporter failed: {self.exporter_note}" if self.exporter_note else ""))
-        parts = []
-        for name, n in self.sizes.items():
-            share = f" ({100 * n / dense:.3g}% of dense)" if dense and name != "dense" else ""
-            per = self.bytes_per_kept_weight.get(name)
-            parts.append(f"{name} {n:,} bytes{share}" + (f", {per:.2f} B/kept weight" if per is not None else ""))
-        lines.append("sizes: " + "; ".join(parts))
-        found = sum(1 for r in self.layers if r.initializer is not None)
-        lines.append(f"masked weights: {len(self.layers)} ({found} found in the graph), {self.kept:,} of "
-                     f"{self.params:,} kept (density {self.density:.4g})")
-        for name, why in self.rejected.items():
-            lines.append(f"not used: {name}: {why}")
-        if self.parity:
-            worst = max(self.parity, key=lambda p: p.max_rel_diff)
-            inputs = ", ".join(p.inputs for p in self.parity)
-            lines.append(f"parity, onnxruntime {self.provider} vs PyTorch on {inputs}: "
-                         f"max abs diff {self.max_abs_diff:.3g}, "
-                         f"max rel diff {worst.max_rel_diff:.3g} (tolerance rtol {self.rtol:g}, atol {self.atol:g})")
-        else:
-            lines.append("parity: not checked (verify=False)")
-        if self.storage != "dense":
-            lines.append("note: onnxruntime turns sparse and compact weights into dense ones when it loads the file: "
-                         "the file is smaller, inference is not faster")
-        return "\n".join(lines)
-
-
-@dataclass
-class OnnxCheck:
-    """What :func:`check_onnx` measured.
-
-    Attributes:
-        path: the file.
-        file_bytes: its size.
-        checker: ``"full"``, ``"basic"`` (see :class:`ExportReport`).
-        opset: the ONNX opset.
-        storage: ``sparsekit.storage`` metadata summary (``{"storage": ..., "encodings": {enc: count}}``)
-            or None for files sparsekit did not write.
-        provider: the execution provider that ran it.
-        session_s: seconds to create the onnxruntime session (load, decode, optimise).
-        inputs: ``[(name, shape used, dtype)]``.
-        outputs: ``[(name, shape)]`` of the first run.
-        latency_ms: every timed run, in milliseconds.
-    """
-
-    path: Path
-    file_bytes: int
-    checker: str
-    opset: int
-    storage: dict[str, Any] | None
-    provider: str
-    session_s: float
-    inputs: list[tuple[str, list[int], str]]
-    outputs: list[tuple[str, list[int]]]
-    latency_ms: list[float]
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.latency_ms) if self.latency_ms else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        d["median_ms"] = self.median_ms
-        return d
-
-
-# --- optional dependencies -----------------------------------------------------------------------------
-
-
-def _import_onnx() -> Any:
-    try:
-        import onnx
-        from onnx import numpy_helper  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"ONNX export needs the onnx package: {_INSTALL_ONNX}") from e
-    return onnx
-
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise ImportError(f"running ONNX files needs onnxruntime: {_INSTALL_ONNX} (or verify=False, which skips "
-                          "the onnxruntime check)") from e
-    return onnxruntime
-
-
-def _provider_name(provider: str) -> str:
-    if not isinstance(provider, str):
-        raise TypeError(f"provider must be 'cpu' or 'cuda', got {type(provider).__name__}")
-    name = PROVIDERS.get(provider.lower(), provider)
-    if name not in PROVIDERS.values():
-        raise ValueError(f"provider must be one of {', '.join(map(repr, PROVIDERS))} (or the onnxruntime names "
-                         f"{', '.join(PROVIDERS.values())}), got {provider!r}")
-    return name
-
-
-def _available_provider(provider: str) -> str:
-    """The onnxruntime provider name for ``provider``; raises if this onnxruntime does not have it."""
-    ort = _import_ort()
-    name = _provider_name(provider)
-    available = ort.get_available_providers()
-    if name not in available:
-        raise SparsekitError(f"onnxruntime has no {name} here (available: {', '.join(available)}); for "
-                             f"provider='cuda' install onnxruntime-gpu (pip install 'sparsekit[gpu]', after "
-                             "uninstalling onnxruntime) and use a machine with a CUDA GPU, or use provider='cpu'")
-    return name
-
-
-def ort_session(model: bytes | str | os.PathLike, provider: str = "cpu", *, threads: int | None = None
-                ) -> onnxruntime.InferenceSession:
-    """An onnxruntime session for a model (bytes or path) on ``provider`` (``"cpu"`` or ``"cuda"``).
-
-    Raises:
-        ImportError: onnxruntime is not installed.
-        SparsekitError: ``provider="cuda"`` but this onnxruntime has no CUDA provider, or the file cannot
-            be loaded.
-    """
-    ort = _import_ort()
-    name = _available_provider(provider)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    providers = [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
-    source = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(source, options, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-        raise SparsekitError(f"onnxruntime cannot load the model: {_first_line(e)}") from e
-
-
-# --- inputs --------------------------------------------------------------------------------------------
-
-
-def _as_shapes(input_shape: Any) -> list[tuple[int, ...]]:
-    """``(1, 3, 32, 32)`` or ``[(1, 3, 32, 32), (1, 10)]`` as a list of shapes."""
-    if isinstance(input_shape, (int, np.integer)) or isinstance(input_shape, torch.Size):
-        input_shape = tuple(input_shape) if isinstance(input_shape, torch.Size) else (input_shape,)
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, (str, bytes)) or not input_shape:
-        raise TypeError(f"input_shape must be a shape like (1, 3, 32, 32) or a list of shapes, got {input_shape!r}")
-    shapes = [input_shape] if all(isinstance(d, (int, np.integer)) for d in input_shape) else list(input_shape)
-    out = []
-    for s in shapes:
-        if (not isinstance(s, (Sequence, torch.Size)) or isinstance(s, (str, bytes))
-                or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in s)):
-            raise TypeError(f"input_shape must be a shape like (1, 3, 32, 32) or a list of shapes, got {input_shape!r}")
-        if any(d < 1 for d in s):
-            raise ValueError(f"input_shape {tuple(s)} has a size below 1; every size must be a positive integer")
-        out.append(tuple(int(d) for d in s))
-    return out
-
-
-def _example_inputs(model: nn.Module, example_input: Any, input_shape: Any) -> tuple[torch.Tensor, ...]:
-    if example_input is not None and input_shape is not None:
-        raise ValueError("give example_input or input_shape, not both")
-    if example_input is None and input_shape is None:
-        raise ValueError("export_onnx needs example_input=tensor(s) or input_shape=(batch, ...), e.g. "
-                         "input_shape=(1, 3, 32, 32) (CLI: --input-shape 1,3,32,32)")
-    if example_input is not None:
-        inputs = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
-        if not isinstance(inputs, (tuple, list)) or not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-            raise TypeError("example_input must be a tensor or a tuple of tensors (the model's positional "
-                            f"arguments), got {type(example_input).__name__}")
-        return tuple(t.detach().cpu() for t in inputs)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(s, generator=gen).to(dtype) for s in _as_shapes(input_shape))
-
-
-def random_inputs(like: Sequence[torch.Tensor], *, batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random tensors shaped like ``like`` (first axis ``batch`` if given): normal floats, integers in
-    the range of the sample, random bools. Uses its own generator (torch's global RNG is not touched)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for t in like:
-        shape = (batch, *t.shape[1:]) if batch is not None and t.dim() else tuple(t.shape)
-        if t.dtype == torch.bool:
-            out.append(torch.randint(0, 2, shape, generator=gen).bool())
-        elif t.is_floating_point():
-            out.append(torch.randn(shape, generator=gen).to(t.dtype))
-        elif t.is_complex():
-            raise SparsekitError("complex inputs are not supported by ONNX export")
-        else:
-            lo, hi = (int(t.min()), int(t.max())) if t.numel() else (0, 1)
-            out.append(torch.randint(lo, hi + 1, shape, generator=gen).to(t.dtype))
-    return tuple(out)
 
 
 # --- the model to export -------------------------------------------------------------------------------
@@ -497,56 +171,9 @@ def _aliases(net: nn.Module) -> dict[str, str]:
     return out
 
 
-def _flatten(outputs: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-
-    leaves, _ = tree_flatten(outputs)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
-
-
-def _first_line(error: BaseException) -> str:
-    text = _ANSI.sub("", str(error)).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
-
-
-def _brief(error: BaseException, limit: int = 300) -> str:
-    """The whole message of ``error`` on one line, cut at ``limit`` characters."""
-    text = " ".join(_ANSI.sub("", str(error)).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _root_reason(error: BaseException) -> str:
-    """The first line of the innermost cause of ``error`` (torch.onnx wraps the real reason)."""
-    seen = {id(error)}
-    inner = error
-    while inner.__cause__ is not None and id(inner.__cause__) not in seen:
-        inner = inner.__cause__
-        seen.add(id(inner))
-    head, root = _first_line(error), _first_line(inner)
-    return head if inner is error else f"{root} ({type(inner).__name__})"
-
-
-@torch.no_grad()
-def _reference(net: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    try:
-        out = net(*inputs)
-    except Exception as e:  # the model's own error for a wrong shape or dtype
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise SparsekitError(f"the model does not run on inputs of shape {shapes}: {_first_line(e)}; give the "
-                             "shape the model expects (input_shape=..., CLI --input-shape) or a sample input "
-                             "(example_input=...)") from e
-    flat = _flatten(out)
-    if not flat:
-        raise SparsekitError(f"the model returned {type(out).__name__} with no tensor in it; ONNX export needs "
-                             "tensor outputs")
-    return flat
-
 
 # --- export --------------------------------------------------------------------------------------------
 
-
-def _names(prefix: str, n: int) -> list[str]:
-    return [prefix] if n == 1 else [f"{prefix}_{i}" for i in range(n)]
 
 
 def _export_dynamo(net: nn.Module, inputs: tuple[torch.Tensor, ...], n_out: int, opset: int | None,
@@ -628,9 +255,6 @@ def _strip_debug_info(graph: Any) -> None:
                 _strip_debug_info(sub)
 
 
-def _opset(proto: onnx.ModelProto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-
 
 # --- finding the masked weights in the graph -----------------------------------------------------------
 
@@ -678,368 +302,6 @@ def _locate(proto: onnx.ModelProto, masks: Mapping[str, torch.Tensor], aliases: 
     return out
 
 
-# --- storage encoders ----------------------------------------------------------------------------------
-
-
-class _Builder:
-    """Adds decoding nodes and initializers to a graph with fresh, short names."""
-
-    def __init__(self, graph: Any) -> None:
-        from onnx import numpy_helper
-
-        self._np = numpy_helper
-        taken = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-        taken |= {i.name for i in graph.input} | {o.name for o in graph.output}
-        taken |= {o for n in graph.node for o in n.output}
-        prefix = "sk"
-        while any(re.fullmatch(rf"{re.escape(prefix)}\d+\..*", n) for n in taken):
-            prefix += "_"
-        self.prefix = prefix
-        self.shared: dict[str, Any] = {}
-        self.nodes: list[Any] = []
-        self.inits: list[Any] = []
-
-    def const(self, key: str, value: np.ndarray) -> str:
-        """A small constant shared by all decoders (created once)."""
-        name = f"{self.prefix}0.{key}"
-        if key not in self.shared:
-            self.shared[key] = self._np.from_array(value, name)
-            self.inits.append(self.shared[key])
-        return name
-
-
-def _gap_plan(nz: np.ndarray, bits: int) -> int:
-    """Number of entries (kept plus fillers) of a gap code with ``bits``-bit codes."""
-    gaps = np.diff(nz, prepend=-1)
-    return int(nz.size + ((gaps - 1) >> bits).sum())
-
-
-def _gap_code(flat: np.ndarray, nz: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes, values)`` of the gap encoding, fillers included (module docstring)."""
-    span = 1 << bits
-    gaps = np.diff(nz, prepend=-1)
-    fillers = (gaps - 1) >> bits
-    counts = fillers + 1
-    last = np.cumsum(counts) - 1
-    total = int(counts.sum())
-    codes = np.full(total, span - 1, dtype=np.uint8 if bits == 8 else np.uint16)
-    codes[last] = gaps - fillers * span - 1
-    values = np.zeros(total, dtype=flat.dtype)
-    values[last] = flat[nz]
-    return codes, values
-
-
-def _compact_candidates(flat: np.ndarray, nz: np.ndarray) -> dict[str, int]:
-    item = flat.dtype.itemsize
-    return {
-        "bitmask": (flat.size + 7) // 8 + (nz.size + 1) * item,
-        "gap8": _gap_plan(nz, 8) * (1 + item),
-        "gap16": _gap_plan(nz, 16) * (2 + item),
-    }
-
-
-def _encode_compact(b: _Builder, index: int, name: str, arr: np.ndarray) -> tuple[str, list[Any], list[Any], int]:
-    """Nodes and initializers that rebuild ``arr`` under ``name``; returns (encoding, nodes, inits, payload)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    flat = arr.reshape(-1)
-    nz = np.flatnonzero(flat)
-    p = f"{b.prefix}{index}."
-    numel_name = p + "numel"
-    inits = [numpy_helper.from_array(np.array([flat.size], np.int64), numel_name),
-             numpy_helper.from_array(np.array(arr.shape, np.int64), p + "shape")]
-    nodes = []
-    if nz.size == 0:
-        zero = numpy_helper.from_array(np.zeros(1, flat.dtype), "value")
-        nodes.append(helper.make_node("ConstantOfShape", [numel_name], [p + "flat"], value=zero))
-        nodes.append(helper.make_node("Reshape", [p + "flat", p + "shape"], [name]))
-        return "zeros", nodes, inits, 0
-    sizes = _compact_candidates(flat, nz)
-    encoding = min(sizes, key=sizes.__getitem__)
-    if encoding == "bitmask":
-        bits = np.packbits(flat != 0)
-        values = np.concatenate([np.zeros(1, flat.dtype), flat[nz]])
-        inits += [numpy_helper.from_array(bits, p + "positions"), numpy_helper.from_array(values, p + "values")]
-        shifts = b.const("shifts", np.arange(7, -1, -1, dtype=np.uint8))
-        two = b.const("two_u8", np.array(2, np.uint8))
-        column = b.const("column", np.array([-1, 1], np.int64))
-        row = b.const("row", np.array([-1], np.int64))
-        zero = b.const("zero", np.array([0], np.int64))
-        axis = b.const("axis", np.array(0, np.int64))
-        nodes += [
-            helper.make_node("Reshape", [p + "positions", column], [p + "b1"]),
-            helper.make_node("BitShift", [p + "b1", shifts], [p + "b2"], direction="RIGHT"),
-            helper.make_node("Mod", [p + "b2", two], [p + "b3"]),
-            helper.make_node("Reshape", [p + "b3", row], [p + "b4"]),
-            helper.make_node("Slice", [p + "b4", zero, numel_name], [p + "b5"]),
-            helper.make_node("Cast", [p + "b5"], [p + "b6"], to=TensorProto.INT64),
-            helper.make_node("CumSum", [p + "b6", axis], [p + "b7"]),
-            helper.make_node("Mul", [p + "b7", p + "b6"], [p + "b8"]),
-            helper.make_node("Gather", [p + "values", p + "b8"], [p + "flat"], axis=0),
-        ]
-    else:
-        codes, values = _gap_code(flat, nz, 8 if encoding == "gap8" else 16)
-        inits += [numpy_helper.from_array(codes, p + "positions"), numpy_helper.from_array(values, p + "values")]
-        one = b.const("one", np.array(1, np.int64))
-        axis = b.const("axis", np.array(0, np.int64))
-        column = b.const("column", np.array([-1, 1], np.int64))
-        zero = numpy_helper.from_array(np.zeros(1, flat.dtype), "value")
-        nodes += [
-            helper.make_node("Cast", [p + "positions"], [p + "g1"], to=TensorProto.INT64),
-            helper.make_node("Add", [p + "g1", one], [p + "g2"]),
-            helper.make_node("CumSum", [p + "g2", axis], [p + "g3"]),
-            helper.make_node("Sub", [p + "g3", one], [p + "g4"]),
-            helper.make_node("Reshape", [p + "g4", column], [p + "g5"]),
-            helper.make_node("ConstantOfShape", [numel_name], [p + "g6"], value=zero),
-            helper.make_node("ScatterND", [p + "g6", p + "g5", p + "values"], [p + "flat"]),
-        ]
-    nodes.append(helper.make_node("Reshape", [p + "flat", p + "shape"], [name]))
-    payload = sum(len(t.raw_data) for t in inits[2:])
-    return encoding, nodes, inits, payload
-
-
-def _sparse_tensor(name: str, arr: np.ndarray) -> tuple[Any, int]:
-    from onnx import helper, numpy_helper
-
-    flat = arr.reshape(-1)
-    nz = np.flatnonzero(flat).astype(np.int64)
-    values = numpy_helper.from_array(flat[nz], name)
-    indices = numpy_helper.from_array(nz, name + ".indices")
-    return helper.make_sparse_tensor(values, indices, list(arr.shape)), len(values.raw_data) + len(indices.raw_data)
-
-
-def encode_storage(proto: onnx.ModelProto, storage: str) -> tuple[onnx.ModelProto, dict[str, TensorStorage]]:
-    """A copy of ``proto`` with its float initializers stored as ``storage`` where that is smaller.
-
-    Args:
-        proto: a model whose weights are plain (dense) initializers.
-        storage: ``"dense"``, ``"sparse-initializer"`` or ``"compact"`` (module docstring).
-
-    Returns:
-        ``(model, {initializer name: TensorStorage})`` for every initializer of the main graph.
-
-    Raises:
-        SparsekitError: ``compact`` on a model whose opset is below 11.
-    """
-    onnx = _import_onnx()
-    from onnx import numpy_helper
-
-    if storage not in STORAGES[1:]:
-        raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES[1:]))}, got {storage!r}")
-    if storage == "compact" and _opset(proto) < COMPACT_MIN_OPSET:
-        raise SparsekitError(f"compact storage needs opset >= {COMPACT_MIN_OPSET}, the model has opset "
-                             f"{_opset(proto)}; export with opset={COMPACT_MIN_OPSET} or later")
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    graph = out.graph
-    info: dict[str, TensorStorage] = {}
-    builder = _Builder(graph)
-    keep, new_nodes, sparse, meta = [], [], [], {}
-    input_names = {i.name for i in graph.input}
-    for t in graph.initializer:
-        arr = numpy_helper.to_array(t)
-        dense_bytes = arr.nbytes
-        nnz = int(np.count_nonzero(arr))
-        dense = TensorStorage(t.name, "dense", tuple(arr.shape), arr.dtype.name, nnz, dense_bytes)
-        if storage == "dense" or arr.dtype.name not in _FLOAT_TYPES or arr.size < 2 or t.name in input_names:
-            keep.append(t)
-            info[t.name] = dense
-            continue
-        if storage == "sparse-initializer":
-            if nnz * (arr.dtype.itemsize + 8) < dense_bytes:
-                st, payload = _sparse_tensor(t.name, arr)
-                sparse.append(st)
-                info[t.name] = TensorStorage(t.name, "sparse", tuple(arr.shape), arr.dtype.name, nnz, payload)
-            else:
-                keep.append(t)
-                info[t.name] = dense
-            continue
-        index = len(meta) + 1
-        encoding, nodes, inits, payload = _encode_compact(builder, index, t.name, arr)
-        cost = sum(x.ByteSize() for x in inits) + sum(n.ByteSize() for n in nodes)
-        if cost >= t.ByteSize():
-            keep.append(t)
-            info[t.name] = dense
-            continue
-        new_nodes += nodes
-        keep += inits
-        info[t.name] = TensorStorage(t.name, encoding, tuple(arr.shape), arr.dtype.name, nnz, payload)
-        meta[t.name] = {"encoding": encoding, "shape": list(arr.shape), "dtype": arr.dtype.name,
-                        "values": f"{builder.prefix}{index}.values" if encoding != "zeros" else None,
-                        "positions": f"{builder.prefix}{index}.positions" if encoding != "zeros" else None}
-    used = {i for n in new_nodes for i in n.input}
-    del graph.initializer[:]
-    graph.initializer.extend(keep + [t for t in builder.inits if t.name in used])
-    graph.sparse_initializer.extend(sparse)
-    if sparse:  # a dense type annotation of a sparse initializer fails shape inference ("type case mismatch")
-        names = {st.values.name for st in sparse}
-        kept_info = [v for v in graph.value_info if v.name not in names]
-        del graph.value_info[:]
-        graph.value_info.extend(kept_info)
-    if new_nodes:
-        nodes = new_nodes + list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes)
-    entries = [p for p in out.metadata_props if p.key != METADATA_KEY]
-    del out.metadata_props[:]
-    out.metadata_props.extend(entries)
-    doc = {"storage": storage, "format": COMPACT_FORMAT if storage == "compact" else None, "prefix": builder.prefix,
-           "tensors": meta}
-    if storage != "dense":
-        out.metadata_props.add(key=METADATA_KEY, value=json.dumps(doc, separators=(",", ":")))
-    return out, info
-
-
-def _storage_metadata(proto: onnx.ModelProto) -> dict[str, Any] | None:
-    """The ``sparsekit.storage`` metadata entry of a model, or None."""
-    for p in proto.metadata_props:
-        if p.key == METADATA_KEY:
-            try:
-                doc = json.loads(p.value)
-            except ValueError as e:
-                raise SparsekitError(f"the model's {METADATA_KEY} metadata is not valid JSON: {e}") from e
-            if not isinstance(doc, dict) or not isinstance(doc.get("tensors", {}), dict):
-                raise SparsekitError(f"the model's {METADATA_KEY} metadata is malformed (expected an object with "
-                                     "'tensors')")
-            return doc
-    return None
-
-
-def _decode_compact(entry: Mapping[str, Any], inits: Mapping[str, np.ndarray]) -> np.ndarray:
-    shape = tuple(int(d) for d in entry["shape"])
-    numel = math.prod(shape)
-    dtype = np.dtype(entry["dtype"])
-    encoding = entry["encoding"]
-    if encoding == "zeros":
-        return np.zeros(shape, dtype)
-    positions, values = inits[entry["positions"]], inits[entry["values"]]
-    if encoding == "bitmask":
-        bits = np.unpackbits(positions)[:numel].astype(bool)
-        flat = np.zeros(numel, dtype)
-        flat[bits] = values[1:]
-        return flat.reshape(shape)
-    if encoding in ("gap8", "gap16"):
-        q = np.cumsum(positions.astype(np.int64) + 1) - 1
-        flat = np.zeros(numel, dtype)
-        flat[q] = values
-        return flat.reshape(shape)
-    raise SparsekitError(f"unknown compact encoding {encoding!r} (written by a newer sparsekit?); upgrade sparsekit")
-
-
-def load_onnx_weights(model: onnx.ModelProto | str | os.PathLike) -> dict[str, np.ndarray]:
-    """Every initializer of a model's main graph as a dense numpy array, in numpy alone.
-
-    Plain initializers are read as they are, sparse initializers are densified, and the compact
-    encodings of sparsekit files are decoded (module docstring); the helper initializers of the compact
-    code are left out. Keys are the names the graph uses (the parameters' fqns for exported weights).
-    """
-    onnx = _import_onnx()
-    from onnx import numpy_helper
-
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    graph = proto.graph
-    meta = _storage_metadata(proto) or {}
-    encoded: dict[str, Any] = meta.get("tensors", {})
-    helper = re.compile(rf"{re.escape(str(meta.get('prefix', 'sk')))}\d+\..*") if encoded else None
-    raw = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    out = {k: v for k, v in raw.items() if helper is None or not helper.fullmatch(k)}
-    for st in graph.sparse_initializer:
-        values = numpy_helper.to_array(st.values)
-        indices = numpy_helper.to_array(st.indices)
-        dense = np.zeros(math.prod(st.dims), values.dtype)
-        if indices.ndim == 2:  # coordinate form
-            indices = np.ravel_multi_index(tuple(indices.T), tuple(st.dims))
-        dense[indices] = values
-        out[st.values.name] = dense.reshape(tuple(st.dims))
-    for name, entry in encoded.items():
-        out[name] = _decode_compact(entry, raw)
-    return out
-
-
-# --- checks --------------------------------------------------------------------------------------------
-
-
-def _check(proto: onnx.ModelProto) -> str:
-    """``onnx.checker`` with shape inference ("full"); only structural ("basic") if inference fails."""
-    onnx = _import_onnx()
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-        return "full"
-    except onnx.shape_inference.InferenceError:
-        onnx.checker.check_model(proto)
-        return "basic"
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()
-
-
-def _parity(session: Any, sets: list[tuple[str, tuple[torch.Tensor, ...]]], refs: list[list[torch.Tensor]],
-            rtol: float, atol: float) -> list[Parity]:
-    """Run ``session`` on every input set and compare with the PyTorch outputs ``refs``."""
-    names = [i.name for i in session.get_inputs()]
-    results = []
-    for (label, inputs), ref in zip(sets, refs, strict=True):
-        shapes = [list(t.shape) for t in inputs]
-        feed = dict(zip(_names("input", len(inputs)), inputs, strict=True))
-        try:
-            got = session.run(None, {n: _np(feed[n]) for n in names if n in feed})
-        except Exception as e:  # onnxruntime errors (shape mismatch with a fixed batch, ...)
-            results.append(Parity(label, shapes, math.inf, math.inf, False, f"onnxruntime failed: {_brief(e)}"))
-            continue
-        if len(got) != len(ref):
-            results.append(Parity(label, shapes, math.inf, math.inf, False,
-                                  f"onnxruntime gave {len(got)} outputs, PyTorch {len(ref)}"))
-            continue
-        worst_abs = worst_rel = 0.0
-        problem = None
-        for i, (g, r) in enumerate(zip(got, ref, strict=True)):
-            r = _np(r.float() if r.is_floating_point() else r)
-            g = np.asarray(g)
-            if g.shape != r.shape:
-                problem = f"output {i} has shape {list(g.shape)} in onnxruntime, {list(r.shape)} in PyTorch"
-                worst_abs = worst_rel = math.inf
-                break
-            if r.size == 0:
-                continue
-            diff = np.abs(g.astype(np.float64) - r.astype(np.float64))
-            if not np.isfinite(diff).all() and not np.array_equal(np.isnan(g), np.isnan(r)):
-                problem = f"output {i}: non-finite values differ"
-            diff = np.nan_to_num(diff, nan=0.0, posinf=np.inf)
-            scale = float(np.abs(r[np.isfinite(r)]).max(initial=0.0))
-            d = float(diff.max())
-            worst_abs = max(worst_abs, d)
-            worst_rel = max(worst_rel, d / scale if scale else (0.0 if d == 0 else math.inf))
-            if d > atol + rtol * scale and problem is None:
-                problem = f"output {i}: max abs diff {d:.3g} > atol {atol:g} + rtol {rtol:g} * {scale:.3g}"
-        results.append(Parity(label, shapes, worst_abs, worst_rel, problem is None, problem))
-    return results
-
-
-def _set_reference(net: nn.Module, label: str, inputs: tuple[torch.Tensor, ...], sample: tuple[torch.Tensor, ...]
-                   ) -> list[torch.Tensor]:
-    """PyTorch outputs for a parity set; a clear error if the model itself fails at another batch size."""
-    try:
-        return _reference(net, inputs)
-    except SparsekitError as e:
-        if inputs[0].shape[0] == sample[0].shape[0]:
-            raise
-        raise SparsekitError(f"the model does not run at batch size {inputs[0].shape[0]} (only at "
-                             f"{sample[0].shape[0]}?), so the file cannot have a dynamic batch: pass "
-                             "dynamic_batch=False (CLI --static-batch)") from e
-
-
-def _parity_sets(sample: tuple[torch.Tensor, ...], user_sample: bool, dynamic_batch: bool
-                 ) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
-    batch = sample[0].shape[0] if sample and sample[0].dim() else None
-    sets = [("the example input" if user_sample else f"random batch {batch}", sample)]
-    if user_sample:
-        sets.append((f"random batch {batch}", random_inputs(sample, seed=1)))
-    if dynamic_batch and batch is not None:
-        other = batch + 2
-        sets.append((f"random batch {other}", random_inputs(sample, batch=other, seed=2)))
-    return sets
-
 
 # --- export_onnx ---------------------------------------------------------------------------------------
 
@@ -1057,12 +319,6 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to folder {parent} (permission denied); choose another path")
 
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n:,} bytes ({n / scale:.1f} {unit})"
-    return f"{n:,} bytes"
 
 
 def export_onnx(
@@ -1233,117 +489,4 @@ def _add_provenance(proto: onnx.ModelProto, exporter: str, masks: Mapping[str, A
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=value)
 
-
-# --- check_onnx ----------------------------------------------------------------------------------------
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-def _feed(session: Any, input_shape: Any) -> dict[str, np.ndarray]:
-    inputs = session.get_inputs()
-    shapes = _as_shapes(input_shape) if input_shape is not None else None
-    if shapes is not None and len(shapes) != len(inputs):
-        raise ValueError(f"the model has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}) but "
-                         f"{len(shapes)} input shapes were given")
-    rng = np.random.default_rng(0)
-    feed = {}
-    for k, i in enumerate(inputs):
-        if shapes is not None:
-            shape = list(shapes[k])
-            declared = i.shape
-            fixed = [(a, d) for a, d in enumerate(declared) if isinstance(d, int) and d > 0]
-            if len(declared) != len(shape) or any(shape[a] != d for a, d in fixed):
-                raise ValueError(f"input {i.name} has shape {declared} in the model; --input-shape {tuple(shape)} "
-                                 "does not fit it")
-        else:
-            shape = []
-            for a, d in enumerate(i.shape):
-                if isinstance(d, int) and d > 0:
-                    shape.append(d)
-                elif a == 0:
-                    shape.append(1)
-                else:
-                    raise ValueError(f"input {i.name} has a symbolic size {d!r} on axis {a} (shape {i.shape}); give "
-                                     "the shape to run with (input_shape=..., CLI --input-shape)")
-        dtype = _ORT_TYPES.get(i.type)
-        if dtype is None:
-            raise ValueError(f"input {i.name} has type {i.type}, which check_onnx cannot make random data for")
-        if dtype == np.bool_:
-            feed[i.name] = rng.random(shape) < 0.5
-        elif np.issubdtype(dtype, np.integer):
-            feed[i.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            feed[i.name] = rng.standard_normal(shape).astype(dtype)
-    return feed
-
-
-def check_onnx(path: str | os.PathLike, *, input_shape: Any = None, provider: str = "cpu", runs: int = 50,
-               warmup: int = 3, threads: int | None = None) -> OnnxCheck:
-    """Check an ONNX file, load it in onnxruntime and time it.
-
-    Runs ``onnx.checker``, creates an onnxruntime session (timed: reading, decoding sparse or compact
-    weights, graph optimisation), runs ``warmup`` untimed and ``runs`` timed inferences on random inputs.
-
-    Args:
-        path: the ONNX file.
-        input_shape: shape(s) to run with; by default the model's, with a symbolic first axis set to 1.
-        provider: ``"cpu"`` or ``"cuda"``.
-        runs: timed runs (the median is reported).
-        warmup: untimed runs first.
-        threads: onnxruntime intra-op threads (default: onnxruntime's).
-
-    Raises:
-        FileNotFoundError: no such file.
-        SparsekitError: the file is not a valid ONNX model or onnxruntime cannot load or run it.
-        ValueError: bad ``input_shape``, ``runs`` or ``warmup``.
-    """
-    onnx = _import_onnx()
-    path = Path(path)
-    for name, value in (("runs", runs), ("warmup", warmup)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "runs" else 0):
-            raise ValueError(f"{name} must be an integer >= {1 if name == 'runs' else 0}, got {value!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise SparsekitError(f"{path} is not an ONNX model: {_first_line(e)}") from e
-    try:
-        checker = _check(proto)
-    except Exception as e:  # onnx.checker.ValidationError
-        raise SparsekitError(f"{path} fails onnx.checker: {_first_line(e)}") from e
-    meta = _storage_metadata(proto)
-    storage = None
-    if isinstance(meta, dict):
-        counts: dict[str, int] = {}
-        for e in meta.get("tensors", {}).values():
-            counts[e.get("encoding", "?")] = counts.get(e.get("encoding", "?"), 0) + 1
-        storage = {"storage": meta.get("storage"), "encodings": counts}
-    elif len(proto.graph.sparse_initializer):
-        storage = {"storage": "sparse-initializer", "encodings": {"sparse": len(proto.graph.sparse_initializer)}}
-    data = path.read_bytes()
-    t0 = time.perf_counter()
-    session = ort_session(data, provider, threads=threads)
-    session_s = time.perf_counter() - t0
-    feed = _feed(session, input_shape)
-    try:
-        first = session.run(None, feed)
-    except Exception as e:  # onnxruntime errors
-        raise SparsekitError(f"onnxruntime cannot run {path} on inputs of shape "
-                             f"{', '.join(str(list(v.shape)) for v in feed.values())}: {_first_line(e)}") from e
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t) * 1e3)
-    return OnnxCheck(
-        path=path, file_bytes=len(data), checker=checker, opset=_opset(proto), storage=storage,
-        provider=session.get_providers()[0], session_s=session_s,
-        inputs=[(k, list(v.shape), v.dtype.name) for k, v in feed.items()],
-        outputs=[(o.name, list(np.asarray(v).shape)) for o, v in zip(session.get_outputs(), first, strict=True)],
-        latency_ms=times)
 

@@ -191,10 +191,14 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
     fp = ticket.file_fingerprint or (model_fingerprint(model) if model is not None else None)
     if fp is not None:
         meta["fingerprint"] = fp
+    version = FORMAT_VERSION
+    if ticket.model_spec:
+        meta["model"] = {k: v for k, v in ticket.model_spec.items() if v is not None}
+        version = "1.1"  # the first field of minor version 1.1; files without it stay 1.0, byte for byte
     if weights is not None:
         meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors, kept=weights == "kept")
     header = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "sparsekit_version": __version__,
+        "format": FORMAT, "format_version": version, "sparsekit_version": __version__,
         "kind": ticket.kind, "ticket": json.dumps(meta, separators=(",", ":"), sort_keys=True),
     }
     return serialize(tensors, header)
@@ -411,8 +415,11 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
     if len(rows) > _MAX_LAYERS:
         raise TicketError(f"{path}: {len(rows):,} layers exceed the limit of {_MAX_LAYERS:,}")
     for key, types in (("method", str), ("method_options", dict), ("density", (int, float)), ("dtype", str),
-                       ("init", dict), ("fingerprint", dict), ("weights", dict)):
+                       ("init", dict), ("fingerprint", dict), ("weights", dict), ("model", dict)):
         _opt(t, key, types, None, where)
+    model = t.get("model")
+    if model is not None and not (isinstance(model.get("spec"), str) and isinstance(model.get("arch", ""), str)):
+        raise TicketError(f"{where}: field 'model' must be {{'spec': string, 'arch': optional string}}")
     default_dtype = t.get("dtype", "")
     if "init" in t:
         _check_init(path, t["init"])
@@ -541,6 +548,8 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu", 
     ticket.layouts = h.layouts
     ticket.init = t.get("init")
     ticket.file_fingerprint = t.get("fingerprint")
+    if isinstance(t.get("model"), dict):
+        ticket.model_spec = {"spec": t["model"]["spec"], "arch": t["model"].get("arch")}
     if "weights" in t:
         mode = t["weights"].get("mode")
         if mode not in ("kept", "state"):
