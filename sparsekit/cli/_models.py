@@ -255,7 +255,12 @@ def check_model_fits_data(model: nn.Module, data: Any, spec: str) -> None:
     hint = ("flat vectors such as digits fit an MLP (sparsekit:mlp, the default); images (C, H, W) fit a conv net "
             "such as sparsekit:resnet20 (or digits:flat=false with a conv net)")
     was_training = model.training
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError as e:  # torch.export programs have no train/eval mode
+        raise UserError(f"--model {spec} cannot be trained ({e}); a torch.export program (.pt2) is for inference: "
+                        "train the eager nn.Module (sparsekit:NAME, package.module:factory or a state_dict with "
+                        "--arch) and export it afterwards") from None
     try:
         with torch.no_grad():
             out = model(torch.zeros((2, *shape)))

@@ -389,8 +389,7 @@ def verify(ticket_path: Path, model: str | None, arch: str | None, trust_pickle:
     model, arch = ticket_model(ticket_path, model, arch)
     tensors = checkpoint_tensors(model, arch=arch, trust_pickle=trust_pickle)
     try:
-        # the checkpoint bounds the work the ticket may ask for: its masks are never larger than the file's tensors
-        ticket = sparsekit.load_ticket(ticket_path, max_elements=max(1, sum(t.numel() for t in tensors.values())))
+        ticket = sparsekit.load_ticket(ticket_path, model=tensors)  # the checkpoint bounds the ticket's work
         result = check_checkpoint(ticket, tensors)
     except TicketError as e:
         raise with_model_hint(e, ticket_path) from e

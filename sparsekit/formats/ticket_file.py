@@ -19,6 +19,7 @@ import math
 import os
 import re
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,7 +476,8 @@ def _max_elements(max_elements: int | None) -> int:
     return int(env)
 
 
-def _check_bounds(h: TicketHeader, model: nn.Module | None, max_elements: int | None) -> None:
+def _check_bounds(h: TicketHeader, model: nn.Module | Mapping[str, torch.Tensor] | None,
+                  max_elements: int | None) -> None:
     """Bound the work a ticket asks for before anything is allocated (formats/TICKET.md §9.2).
 
     With a model, every layer must name one of its parameters with the same shape (so the masks are at
@@ -496,8 +498,8 @@ def _check_bounds(h: TicketHeader, model: nn.Module | None, max_elements: int | 
                           "SPARSEKIT_MAX_TICKET_ELEMENTS)")
 
 
-def _shape_problems(model: nn.Module, records: list[LayerRecord]) -> list[str]:
-    params = dict(model.named_parameters(remove_duplicate=False))
+def _shape_problems(model: nn.Module | Mapping[str, torch.Tensor], records: list[LayerRecord]) -> list[str]:
+    params = dict(model.named_parameters(remove_duplicate=False)) if isinstance(model, nn.Module) else dict(model)
     missing = [escape_text(r.fqn, 80) for r in records if r.fqn not in params]
     wrong = [f"{escape_text(r.fqn, 80)} (ticket {tuple(r.shape)}, model {tuple(params[r.fqn].shape)})"
              for r in records if r.fqn in params and tuple(params[r.fqn].shape) != tuple(r.shape)]
@@ -509,15 +511,16 @@ def _shape_problems(model: nn.Module, records: list[LayerRecord]) -> list[str]:
     return problems
 
 
-def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu", model: nn.Module | None = None,
-                max_elements: int | None = None) -> Ticket:
+def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu",
+                model: nn.Module | Mapping[str, torch.Tensor] | None = None, max_elements: int | None = None) -> Ticket:
     """Read and validate a ticket file; ``er`` masks are rebuilt from the seed (bit-identical).
 
     Args:
         path: the ticket file.
         device: where the masks are built.
-        model: the model the ticket is for; its layers must be there with the same shapes, checked before
-            any mask is built, so a ticket never asks for more work than the model's own size.
+        model: the model the ticket is for (a module, or a state_dict of tensors); its layers must be there
+            with the same shapes, checked before any mask is built, so a ticket never asks for more work than
+            the model's own size.
         max_elements: without ``model``, the most weights the masked layers may declare together
             (default :data:`MAX_ELEMENTS`, or the ``SPARSEKIT_MAX_TICKET_ELEMENTS`` environment variable).
 
