@@ -29,7 +29,7 @@ from torch import nn
 from .. import __version__
 from .._io import atomic_write_bytes
 from ..flow import repair_flow
-from ..layers import Layer, LayerLayout, check_layout, find_layers, type_name
+from ..layers import Layer, LayerLayout, check_layout, check_parametrizations, find_layers, type_name
 from ..masks import CompactMask
 from ..rng import RNG_ID
 from ..sampling import draw_mask
@@ -96,7 +96,9 @@ def _record_row(r: LayerRecord, layout: LayerLayout | None, common_dtype: str) -
             row[key] = value
     if r.aliases:
         row["aliases"] = list(r.aliases)
-    if layout is not None and (layout.out_axis, layout.in_axis, layout.groups) != (0, 1, 1):
+    if layout is not None and layout.stack_axis is not None:  # 4th element only when there is a stack axis
+        row["layout"] = [layout.out_axis, layout.in_axis, layout.groups, layout.stack_axis]
+    elif layout is not None and (layout.out_axis, layout.in_axis, layout.groups) != (0, 1, 1):
         row["layout"] = [layout.out_axis, layout.in_axis, layout.groups]  # absent means [0, 1, 1]
     return row
 
@@ -377,7 +379,7 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
         if not 0 <= nnz <= numel:
             raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
         lay = _opt(row, "layout", list, [0, 1, 1], rw)
-        if not (len(lay) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in lay)):
+        if not (len(lay) in (3, 4) and all(isinstance(x, int) and not isinstance(x, bool) for x in lay)):
             raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
         layouts[fqn] = LayerLayout(*lay)
         counters = [_opt(row, k, int, 0, rw) for k in ("edges_added", "rows_repaired", "cols_repaired", "fallbacks")]
@@ -533,6 +535,7 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
         raise TicketError("ticket does not fit this model: " + "; ".join(problems))
     if is_pruned(model):
         raise TicketError("the model already carries sparsekit masks; call sparsekit.finalize(model) first")
+    check_parametrizations(model, ticket.compact_masks)
     weights = getattr(ticket, "weights", None)
     if weights:
         _check_weights(model, ticket, weights)
