@@ -180,6 +180,8 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
         f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {t['layers']} "
         f"layers); flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) "
         "pairs", markup=False)
+    for line in report.coverage_lines():
+        console.print(line, markup=False)
 
 
 def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: str | None,
@@ -240,12 +242,14 @@ def _title(spec: str, report: sparsekit.Report) -> str:
                    "state_dict entries (a complete model at about density times the dense size).")
 @click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
               help="Store the floating-point weights of --weights kept in half precision.")
+@click.option("--strict", is_flag=True,
+              help="Fail when a parameter with 2+ dimensions is covered by no rule (default: a warning naming it).")
 @json_option("Print the report as JSON instead of a table.")
 @all_option()
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
           data_spec: str | None, source: Path | None, out: Path | None, force: bool, weights: str | None,
-          weights_dtype: str | None, as_json: bool, show_all: bool) -> None:
+          weights_dtype: str | None, strict: bool, as_json: bool, show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
@@ -287,7 +291,7 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
     ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                             exact=exact, **inputs)
+                             exact=exact, strict=strict, **inputs)
     report = ticket.report()
     note = ""
     if out is not None:
