@@ -466,11 +466,12 @@ def check_parametrizations(model: nn.Module, masks: dict) -> None:
     original; the model is not modified. Raises :class:`UnsupportedLayerError` naming the weight
     and what to do.
     """
+    from torch.nn.utils import parametrize
+
     for mname, m in model.named_modules():
-        pdict = m.__dict__.get("_modules", {}).get("parametrizations")
-        if pdict is None:
+        if isinstance(m, torch.jit.ScriptModule) or not parametrize.is_parametrized(m):
             continue
-        for pname, plist in pdict.items():
+        for pname, plist in m.parametrizations.items():
             prefix = f"{mname}." if mname else ""
             fqn = f"{prefix}parametrizations.{pname}.original"
             kinds = [type(f).__name__ for f in plist]
