@@ -579,10 +579,15 @@ def _owner_types(model: nn.Module) -> dict[str, set[str]]:
     """For every parameter name, the type names of all modules owning that Parameter (tied weights)."""
     by_id: dict[int, set[str]] = {}
     names: dict[str, int] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for mname, m in modules.items():
         for pname, p in m.named_parameters(recurse=False):
             by_id.setdefault(id(p), set()).add(type_name(m))
             names[f"{mname}.{pname}" if mname else pname] = id(p)
+            if ".parametrizations." in f".{mname}":  # a parametrization's original: its layer's type counts
+                owner = modules.get(f".{mname}".rsplit(".parametrizations.", 1)[0][1:])
+                if owner is not None:
+                    by_id[id(p)].add(type_name(owner))
     return {n: by_id[i] for n, i in names.items()}
 
 
