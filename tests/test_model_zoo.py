@@ -414,3 +414,16 @@ def test_full_size_gpt2_and_mixtral_on_meta() -> None:
     assert entries["model.layers.0.mlp.gate.weight"]["rule"] == "router"
     layer = {L.fqn: L for L in find_layers(mixtral)}["model.layers.0.mlp.experts.gate_up_proj"]
     assert layer.grid() == (8, 2 * 14336, 4096, 1)
+
+
+def test_cli_prune_shows_coverage_and_strict_fails() -> None:
+    from cli_helpers import error_line, run
+
+    result = run("prune", "models:with_prototypes", "-d", "0.5")
+    assert result.exit_code == 0, result.output
+    assert ("coverage of the model's parameters: masked 76.2% | dense 0.0% | excluded 4.8% (bias 4.8%) | "
+            "unknown 19.0%") in result.output
+    assert "warning: 1 parameter(s) with 2+ dimensions are covered by no rule and stay dense: proto (4, 16)" \
+        in result.output
+    result = run("prune", "models:with_prototypes", "-d", "0.5", "--strict")
+    assert "covered by no rule" in error_line(result, 1)

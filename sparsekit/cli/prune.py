@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,8 +291,12 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         filter_fn = exclude_filter(exclude)
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
-    ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                             exact=exact, strict=strict, **inputs)
+    with warnings.catch_warnings(record=True) as caught:  # shown as one line each, not as Python warnings
+        warnings.simplefilter("always")
+        ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
+                                 exact=exact, strict=strict, **inputs)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
     report = ticket.report()
     note = ""
     if out is not None:
