@@ -551,10 +551,12 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
                 if fqn != prev.fqn and fqn not in prev.aliases:
                     prev.aliases = prev.aliases + (fqn,)
                 continue
+            mtype = _type_name(m)
+            if id(p) in tied:  # an embedding, whichever owner comes first: its type and its (num, dim) layout
+                mtype, layout = _type_name(tied[id(p)][0][0]), LayerLayout(1, 0)
             check_layout(fqn, tuple(p.shape), layout)
             first = canonical.get(id(p), fqn)
             aliases = (fqn,) if first != fqn else ()
-            mtype = _type_name(tied[id(p)][0][0]) if id(p) in tied else _type_name(m)
             layers[id(p)] = Layer(first, mname, mtype, tuple(p.shape), layout, p, aliases, how)
     return list(layers.values())
 

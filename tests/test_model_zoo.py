@@ -213,6 +213,34 @@ def test_tied_head_policy_and_explicit_selection() -> None:
     assert torch.equal(model.lm_head.weight != 0, t.masks["transformer.wte.weight"])
 
 
+def test_tied_weight_is_read_as_embedding_whatever_the_module_order() -> None:
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(6, 20, bias=False)
+            self.emb = nn.Embedding(20, 6)
+            self.head.weight = self.emb.weight
+
+    L = find_layers(HeadFirst(), filter_fn=lambda m, n: True)[0]
+    assert (L.fqn, L.aliases, L.module_type, L.layout) == ("head.weight", ("emb.weight",), "Embedding",
+                                                           sparsekit.LayerLayout(1, 0))
+    assert find_layers(HeadFirst(), filter_fn=lambda m, n: n == "head") == []  # the head alone: not selected
+
+
+def test_weight_norm_model_exports_with_its_zeros(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from sparsekit.formats.onnx import load_onnx_weights
+
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 8, 3), dim=2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(48, 3))
+    t = sparsekit.prune(model, "er-uniform", 0.3, seed=4)
+    report = sparsekit.export_onnx(model, tmp_path / "wn.onnx", input_shape=(1, 4, 8), storage="dense")
+    assert report.verified
+    fqn = "0.parametrizations.weight.original1"
+    w = load_onnx_weights(tmp_path / "wn.onnx")[next(r.initializer for r in report.layers if r.fqn == fqn)]
+    assert (torch.from_numpy(w) != 0).eq(t.masks[fqn]).all()
+
+
 def test_embedding_subclasses_and_torchscript_are_embeddings() -> None:
     class Scaled(nn.Embedding):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
