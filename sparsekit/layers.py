@@ -17,12 +17,22 @@ module                              parameter                out axis     in axi
                                     ``q/k/v_proj_weight``
 transformers-style ``Conv1D``       ``weight`` (in, out)     1            0
 ``nn.Embedding``/``EmbeddingBag``   ``weight`` (num, dim)    1            0
+``nn.LSTM/GRU/RNN``                 ``weight_ih/hh_l*`` (gates 0 (groups =  1
+                                    * hidden, in)            gates)
+                                    ``weight_hr_l*``         0            1
+fused MoE experts (transformers)    ``(E, out, in)``         1 (stack 0)  2
+                                    transposed ``(E, in,     2 (stack 0)  1
+                                    out)``
+MoE router (``num_experts`` attr)   ``weight`` (E, hidden)   0            1
 ==================================  =======================  ===========  =========
 
-``nn.MultiheadAttention.out_proj`` is an ``nn.Linear`` and is found as such. Embeddings are found
-but excluded by the default filter; pass ``filter_fn=lambda module, name: True`` to include them.
-A Parameter shared by several modules (tied weights) is one layer with one mask, named by its first
-fqn in module order; the other names are kept as ``aliases``.
+``nn.MultiheadAttention.out_proj`` is an ``nn.Linear`` and is found as such. Embeddings (by class
+hierarchy, :func:`is_embedding`) and routers are found but excluded by the default filter; pass
+``filter_fn=lambda module, name: True`` to include them. A Parameter shared by several modules (tied
+weights) is one layer with one mask, named by its first fqn in module order; the other names are kept
+as ``aliases``; if an embedding shares it, it is that embedding (see :func:`find_layers`). Weights
+under ``torch.nn.utils.parametrize`` or old-style ``weight_norm`` are found under the tensor that
+training updates. What happens to every other parameter is classified by :mod:`sparsekit.coverage`.
 
 Other module types with a weight of two or more dimensions raise :class:`UnsupportedLayerError`
 unless excluded by ``filter_fn``, registered with :func:`register_layer_type` (per class) or
