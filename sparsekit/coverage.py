@@ -5,7 +5,8 @@ Each parameter (each Parameter object once, under its first name) gets one statu
 * ``masked``: selected and drawn at a density below 1;
 * ``dense``: selected but kept at density 1 (``dense=``, or a scheme that capped the layer at 1);
 * ``excluded``: left out by a stated rule: ``embedding`` (also a projection tied to one),
-  ``router``, ``bias``, ``norm``, ``1-D parameter``, ``weight_norm magnitude``,
+  ``router``, ``bias`` (any parameter named ``*bias``, also stacked ``(E, out)`` expert biases),
+  ``norm``, ``1-D parameter``, ``weight_norm magnitude``,
   ``positional/token table`` (named like ``pos_embed``/``cls_token``/``position_embeddings``),
   ``filter_fn`` (a supported layer that the user's filter left out);
 * ``unknown``: a parameter with two or more dimensions that no rule covers (e.g. a custom module's
@@ -165,9 +166,9 @@ def _excluded_or_unknown(p: torch.Tensor, owners: list[tuple[nn.Module, str, str
     m, mname, pname = owners[0]
     if any(_is_weight_norm_g(o, n) for o, _, n in owners):
         return "excluded", "weight_norm magnitude"
+    if pname.endswith("bias") or pname.startswith("bias"):
+        return "excluded", "bias"  # also stacked per-expert biases (E, out), e.g. GPT-OSS
     if p.dim() < 2:
-        if pname.endswith("bias") or pname.startswith("bias"):
-            return "excluded", "bias"
         if any(w in type(m).__name__ for w in _NORM_WORDS):
             return "excluded", "norm"
         return "excluded", "1-D parameter"

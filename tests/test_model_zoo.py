@@ -321,7 +321,11 @@ def test_fused_experts_transposed_layout_by_structure() -> None:
             self.num_experts, self.is_transposed = 2, True
             self.gate_up_proj = nn.Parameter(torch.randn(2, 8, 12))  # (E, in, out)
 
-    layers = find_layers(GptOssLikeExperts())
+    experts = GptOssLikeExperts()
+    experts.gate_up_proj_bias = nn.Parameter(torch.zeros(2, 12))  # stacked expert biases: the bias rule
+    layers = find_layers(experts)
+    cov = sparsekit.model_coverage(experts, layers, {"gate_up_proj": 0.1})
+    assert [(e["fqn"], e["status"], e["rule"]) for e in cov.entries][1] == ("gate_up_proj_bias", "excluded", "bias")
     assert [(L.fqn, L.layout) for L in layers] == [("gate_up_proj", sparsekit.LayerLayout(2, 1, stack_axis=0))]
     assert layers[0].grid() == (2, 12, 8, 1)
 
