@@ -60,6 +60,7 @@ __all__ = [
     "declare_excluded",
     "default_filter",
     "is_embedding",
+    "include_embeddings",
     "is_router",
     "check_parametrizations",
     "FilterFn",
@@ -418,6 +419,13 @@ def default_filter(module: nn.Module, name: str) -> bool:
     ``filter_fn`` of your own.
     """
     return not is_embedding(module) and not is_router(module)
+
+
+def include_embeddings(module: nn.Module, name: str) -> bool:
+    """A ``filter_fn``: what :func:`default_filter` selects plus embeddings, and with them the output
+    heads tied to them (``prune(model, filter_fn=sparsekit.layers.include_embeddings)``; CLI
+    ``--include-embeddings``)."""
+    return default_filter(module, name) or is_embedding(module)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -459,3 +459,15 @@ def test_cli_prune_shows_coverage_and_strict_fails() -> None:
         in result.output
     result = run("prune", "models:with_prototypes", "-d", "0.5", "--strict")
     assert "covered by no rule" in error_line(result, 1)
+
+
+def test_cli_include_embeddings_selects_the_tied_head(tmp_path: Path) -> None:
+    from cli_helpers import run
+
+    for flag, expect in (((), False), (("--include-embeddings",), True)):
+        out = tmp_path / f"t{len(flag)}.safetensors"
+        result = run("prune", "models:TiedLM", "-d", "0.2", "-o", out, *flag)
+        assert result.exit_code == 0, result.output
+        t = sparsekit.load_ticket(out)
+        assert ("emb.weight" in t.densities) is expect and "hidden.weight" in t.densities
+    assert sparsekit.layers.include_embeddings(nn.Embedding(3, 2), "e")

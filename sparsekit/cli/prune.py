@@ -40,7 +40,7 @@ from sparsekit._io import atomic_write_text
 from sparsekit._registry import method_infos
 from sparsekit.densities import validate_density
 from sparsekit.errors import UnknownMethodError
-from sparsekit.layers import FilterFn, default_filter
+from sparsekit.layers import FilterFn, default_filter, include_embeddings
 
 from . import UserError, stdout_console
 from ._models import load_model, model_options, parse_kwargs
@@ -243,6 +243,8 @@ def _title(spec: str, report: sparsekit.Report) -> str:
                    "state_dict entries (a complete model at about density times the dense size).")
 @click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
               help="Store the floating-point weights of --weights kept in half precision.")
+@click.option("--include-embeddings", "include_emb", is_flag=True,
+              help="Also mask embeddings and the output heads tied to them (excluded by default).")
 @click.option("--strict", is_flag=True,
               help="Fail when a parameter with 2+ dimensions is covered by no rule (default: a warning naming it).")
 @json_option("Print the report as JSON instead of a table.")
@@ -250,7 +252,7 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
           data_spec: str | None, source: Path | None, out: Path | None, force: bool, weights: str | None,
-          weights_dtype: str | None, strict: bool, as_json: bool, show_all: bool) -> None:
+          weights_dtype: str | None, include_emb: bool, strict: bool, as_json: bool, show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
@@ -285,10 +287,10 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     if source is not None:
         inputs["ticket"] = source
     loaded_s = time.perf_counter() - started
-    filter_fn = None
+    filter_fn = include_embeddings if include_emb else None
     if exclude:
         _check_patterns_match(net, exclude)
-        filter_fn = exclude_filter(exclude)
+        filter_fn = exclude_filter(exclude, include_embeddings if include_emb else default_filter)
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
     with warnings.catch_warnings(record=True) as caught:  # shown as one line each, not as Python warnings
