@@ -16,6 +16,7 @@ from . import _data_methods  # noqa: F401  (registers er-snip, er-synflow, er-fr
 from ._prune import prune
 from ._registry import Method, MethodInfo, get_method, list_methods, register_method
 from .attach import attach, enforce_masks, finalize, is_pruned, mask_gradients, masked_parameters, ticket_of
+from .coverage import Coverage, model_coverage
 from .densities import layer_densities
 from .errors import (
     NoPrunableLayersError,
@@ -27,7 +28,7 @@ from .errors import (
 from .formats.errors import TicketError
 from .formats.onnx import export_onnx
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
-from .layers import Layer, LayerLayout, find_layers, register_layer_type
+from .layers import Layer, LayerLayout, declare_excluded, declare_layouts, find_layers, register_layer_type
 from .pruners import imp, snip, synflow
 from .ticket import LayerRecord, Report, Ticket
 from .train import Callback, History, Rewirer, fit_strong, fit_weak, rewire
@@ -79,6 +80,10 @@ __all__ = [
     "Callback",
     "find_layers",
     "register_layer_type",
+    "declare_layouts",
+    "declare_excluded",
+    "model_coverage",
+    "Coverage",
     "Layer",
     "LayerLayout",
     "SparsekitError",

@@ -13,6 +13,7 @@ from torch import nn
 from . import __version__
 from ._registry import Method
 from .attach import _remember_ticket, attach, is_pruned
+from .coverage import model_coverage
 from .densities import (
     METHOD_DEFAULT,
     MethodDefault,
@@ -21,9 +22,9 @@ from .densities import (
     split_inputs,
     validate_density,
 )
-from .errors import SparsekitError
+from .errors import SparsekitError, UnsupportedLayerError
 from .flow import FLOW_MODES, repair_flow
-from .layers import FilterFn, prunable_layers
+from .layers import FilterFn, check_parametrizations, prunable_layers
 from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
@@ -63,6 +64,7 @@ def prune(
     exact: bool = False,
     device: torch.device | str | None = None,
     chunk_words: int = DEFAULT_CHUNK_WORDS,
+    strict: bool = False,
     **options: object,
 ) -> Ticket:
     """Put Erdős–Rényi masks on ``model`` in place and return the :class:`~sparsekit.Ticket`.
@@ -89,6 +91,10 @@ def prune(
         exact: keep exactly ``round(p_l * m_l)`` weights per layer instead of Bernoulli draws.
         device: where to draw masks (default: each weight's device; CPU for meta).
         chunk_words: RNG chunk size; results do not depend on it.
+        strict: raise :class:`~sparsekit.UnsupportedLayerError` when a parameter with 2+ dimensions is
+            covered by no rule (default: a warning naming them and their share of the parameters).
+            ``ticket.report()`` shows the masked / dense / excluded / unknown fractions either way
+            (:mod:`sparsekit.coverage`).
         **options: method options, e.g. ``redistribute=False`` for er-balanced, and method inputs:
             ``data=`` (a DataLoader or Dataset) for er-snip, ``ticket=`` (a Ticket or ticket file) for
             er-from. Inputs are used to compute the layerwise densities and are not recorded in the
@@ -106,6 +112,8 @@ def prune(
     flow = validate_flow(flow)
     if not isinstance(exact, bool):
         raise TypeError(f"exact must be True or False, got {exact!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
     m, inputs = split_inputs(method, dict(options), model)
     layers = prunable_layers(model, filter_fn)
     if is_pruned(model):
@@ -114,6 +122,11 @@ def prune(
     if isinstance(density, MethodDefault):
         density = validate_density(default_density(m, layers, inputs))
     dens = densities_for_layers(layers, m, density, dense, inputs=inputs)
+    coverage = model_coverage(model, layers, dens)
+    if coverage.unknown:
+        if strict:
+            raise UnsupportedLayerError(coverage.unknown_message())
+        warnings.warn(coverage.unknown_message(), stacklevel=2)
     records: list[LayerRecord] = []
     masks: dict[str, CompactMask] = {}
     meta = False
@@ -136,10 +149,12 @@ def prune(
     ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
                     rng=RNG_ID, sparsekit_version=__version__, layouts={L.fqn: L.layout for L in layers},
                     file_fingerprint=model_fingerprint(model))
+    ticket.coverage = coverage.summary()
     if meta:
         warnings.warn("the model is on the meta device: masks were drawn and reported but not attached; "
                       "materialise the model and call sparsekit.attach(model, ticket)", stacklevel=2)
     else:
+        check_parametrizations(model, masks)
         attach(model, masks)
         ticket.model_ref = weakref.ref(model)
         _remember_ticket(model, ticket)

@@ -43,7 +43,9 @@ def fan_in(shape: tuple[int, ...], layout: LayerLayout) -> int:
     if not numel:
         return 0
     fan = numel // shape[layout.out_axis]
-    if layout.out_axis != 0:  # transposed convolutions: the out axis holds out/groups channels
+    if layout.stack_axis is not None:  # one matrix per index of the stack axis (experts)
+        fan //= max(1, shape[layout.stack_axis])
+    elif layout.out_axis != 0:  # transposed convolutions: the out axis holds out/groups channels
         fan //= max(1, layout.groups)
     return max(1, fan)
 

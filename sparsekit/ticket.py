@@ -63,6 +63,23 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.rows, "totals": self.totals}
 
+    def coverage_lines(self) -> list[str]:
+        """The coverage line, tied parameters and unknown parameters (empty without coverage)."""
+        c = self.totals.get("coverage")
+        if not c:
+            return []
+        rules = ", ".join(f"{r} {n / c['params']:.1%}" for r, n in sorted(c["excluded_by_rule"].items(),
+                                                                          key=lambda kv: -kv[1]))
+        lines = ["coverage of the model's parameters: " + " | ".join([
+            f"masked {c['masked']:.1%}", f"dense {c['dense']:.1%}",
+            f"excluded {c['excluded']:.1%}" + (f" ({rules})" if rules else ""), f"unknown {c['unknown']:.1%}"])]
+        lines += [f"tied: {t['fqn']} = {', '.join(t['aliases'])} -> {t['status']} ({t['rule']})" for t in c["tied"]]
+        if c["unknown_params"]:
+            lines.append("unknown (left dense, no rule covers them): " + ", ".join(
+                f"{u['fqn']} {tuple(u['shape'])}" for u in c["unknown_params"][:8])
+                + (f" and {len(c['unknown_params']) - 8} more" if len(c["unknown_params"]) > 8 else ""))
+        return lines
+
     def to_json(self, path: str | None = None, *, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
@@ -86,7 +103,7 @@ class Report:
 
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body[:-1]]
         lines += [fmt(["-" * w for w in widths]), fmt(body[-1])]
-        return "\n".join(lines)
+        return "\n".join(lines + self.coverage_lines())
 
 
 @dataclass
@@ -133,6 +150,9 @@ class Ticket:
     model_spec: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     #: weak reference to the model the masks are attached to
     model_ref: Any = field(default=None, repr=False, compare=False)
+    #: what happened to every parameter of the model (:meth:`sparsekit.coverage.Coverage.summary`);
+    #: set by ``prune`` (None for tickets read from files)
+    coverage: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         """One line: kind, method, densities, seed and layer counts (``ticket.report()`` has every layer)."""
@@ -187,6 +207,8 @@ class Ticket:
             "pairs_repaired": sum((r.rows_repaired > 0) + (r.cols_repaired > 0) for r in self.layers),
             "elapsed_s": self.elapsed_s,
         }
+        if self.coverage is not None:
+            totals["coverage"] = self.coverage
         return Report(rows, totals)
 
     def to(self, device: torch.device | str) -> Ticket:

@@ -90,3 +90,19 @@ def zoo(meta_big: bool = True) -> dict[str, nn.Module]:
     out["conv1d"] = GPT2Block()
     out["small_cnn"] = small_cnn()
     return out
+
+
+class WithPrototypes(nn.Module):
+    """A Linear plus a 2-D parameter no rule covers (coverage: unknown)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.proto = nn.Parameter(torch.randn(4, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) @ self.proto.T
+
+
+def with_prototypes() -> nn.Module:
+    return WithPrototypes()

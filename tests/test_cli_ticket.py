@@ -205,7 +205,7 @@ def test_apply_writes_the_masked_state_dict(tmp_path, ticket):
 
 def test_apply_tied_model_writes_both_names(tmp_path):
     path, out = tmp_path / "tied.safetensors", tmp_path / "out.safetensors"
-    ok("prune", TIED, "-d", "0.2", "-o", path, "--weights", "kept")
+    ok("prune", TIED, "-d", "0.2", "-o", path, "--weights", "kept", "--include-embeddings")
     ok("apply", path, TIED, "-o", out, "--no-strict")
     saved = load_file(str(out))
     assert sorted(saved) == sorted(TiedLM().state_dict())  # emb.weight and head.weight, both present
@@ -219,7 +219,7 @@ def test_apply_tied_model_writes_both_names(tmp_path):
 
 def test_apply_strict_to_a_tied_model(tmp_path):
     path, out = tmp_path / "tied.safetensors", tmp_path / "out.safetensors"
-    ok("prune", TIED, "-d", "0.2", "-o", path)
+    ok("prune", TIED, "-d", "0.2", "-o", path, "--include-embeddings")
     ok("apply", path, TIED, "-o", out)
 
 

@@ -75,11 +75,15 @@ def test_hf_conv1d_duck_typed():
 
 def test_embeddings_excluded_by_default_and_tied_weights():
     model = TiedLM()
-    L = by_name(model)
-    # the tied Parameter is found through head (Linear); named by its first fqn, alias kept
+    # a Parameter shared by an embedding and a projection is an embedding: excluded by default
+    assert set(by_name(model)) == {"hidden.weight"}
+    # selecting the embedding selects the tie: named by its first fqn, alias kept, reported as Embedding
+    L = by_name(model, filter_fn=lambda m, n: True)
     assert set(L) == {"emb.weight", "hidden.weight"}
     assert L["emb.weight"].aliases == ("head.weight",)
-    assert L["emb.weight"].module_type == "Linear"
+    assert L["emb.weight"].module_type == "Embedding"
+    # a filter selecting only the head does not select the embedding's weight
+    assert set(by_name(model, filter_fn=lambda m, n: not isinstance(m, nn.Embedding))) == {"hidden.weight"}
     untied = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
     assert set(by_name(untied)) == {"1.weight"}
     assert set(by_name(untied, filter_fn=lambda m, n: True)) == {"0.weight", "1.weight"}
@@ -88,9 +92,9 @@ def test_embeddings_excluded_by_default_and_tied_weights():
 
 def test_tied_weight_gets_one_mask():
     model = TiedLM()
-    ticket = sparsekit.prune(model, "er-uniform", 0.3, seed=1)
-    # module order of the selecting module (head comes after hidden), named by the first fqn
-    assert [r.fqn for r in ticket.layers] == ["hidden.weight", "emb.weight"]
+    ticket = sparsekit.prune(model, "er-uniform", 0.3, seed=1, filter_fn=lambda m, n: True)
+    # module order of the first selecting module (the embedding), named by the first fqn
+    assert [r.fqn for r in ticket.layers] == ["emb.weight", "hidden.weight"]
     assert model.head.weight is model.emb.weight
     mask = ticket.masks["emb.weight"]
     assert torch.equal(model.head.weight != 0, mask)

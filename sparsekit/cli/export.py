@@ -88,7 +88,7 @@ def _print_export(report: ExportReport) -> None:
     line = (f"exporter: torch.onnx {exporter}, opset {report.opset}, "
             f"{'dynamic batch' if report.dynamic_batch else 'fixed batch'}, onnx.checker {report.checker}")
     if report.exporter_note:
-        line += f" (dynamo exporter failed: {report.exporter_note})"
+        line += f" ({report.exporter_note})"
     console.print(line, markup=False)
     console.print(f"masked weights: {len(report.layers)} layers, {report.kept:,} of {report.params:,} kept "
                   f"(density {report.density:.4g})", markup=False)

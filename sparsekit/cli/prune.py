@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import sparsekit
 import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er-from)
 from sparsekit._io import atomic_write_text
 from sparsekit.densities import DEFAULT_DENSITY
-from sparsekit.layers import FilterFn, default_filter
+from sparsekit.layers import FilterFn, default_filter, include_embeddings
 
 from . import UserError, stdout_console
 from ._models import build_model, load_model, model_options, spec_of, write_state_dict
@@ -161,6 +162,8 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
         f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {layers}); "
         f"flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) pairs",
         markup=False)
+    for line in report.coverage_lines():
+        console.print(line, markup=False)
     if dropped:
         console.print(f"(columns {', '.join(dropped)} left out to fit {console.width} columns; --json has them all)",
                       markup=False, style="dim")
@@ -224,12 +227,16 @@ def _title(spec: str, report: sparsekit.Report) -> str:
                    "state_dict entries (a complete model at about density times the dense size).")
 @click.option("--weights-dtype", type=click.Choice(sorted(WEIGHTS_DTYPES)), default=None,
               help="Store the floating-point weights of --weights kept in half precision.")
+@click.option("--include-embeddings", "include_emb", is_flag=True,
+              help="Also mask embeddings and the output heads tied to them (excluded by default).")
+@click.option("--strict", is_flag=True,
+              help="Fail when a parameter with 2+ dimensions is covered by no rule (default: a warning naming it).")
 @json_option("Print the report as JSON instead of a table.")
 @all_option()
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
           data_spec: str | None, source: Path | None, out: Path | None, force: bool, weights: str | None,
-          weights_dtype: str | None, as_json: bool, show_all: bool) -> None:
+          weights_dtype: str | None, include_emb: bool, strict: bool, as_json: bool, show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
@@ -274,19 +281,23 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     if source is not None:
         inputs["ticket"] = source
     loaded_s = time.perf_counter() - started
-    filter_fn = None
+    filter_fn = include_embeddings if include_emb else None
     if exclude:
         _check_patterns_match(net, exclude)
-        filter_fn = exclude_filter(exclude)
+        filter_fn = exclude_filter(exclude, include_embeddings if include_emb else default_filter)
     if density is not None:  # otherwise the method's own (er-from: the source ticket's)
         inputs["density"] = density
-    if config is None:
-        ticket = _prune_magnitude(net, method, density, filter_fn, **{"--dense": dense, "--exact": exact,
-                                                                      "--seed": seed != 0,
-                                                                      "--flow": flow.lower() != "repair"})
-    else:
-        ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                                 exact=exact, **inputs)
+    with warnings.catch_warnings(record=True) as caught:  # shown as one line each, not as Python warnings
+        warnings.simplefilter("always")
+        if config is None:
+            ticket = _prune_magnitude(net, method, density, filter_fn, **{"--dense": dense, "--exact": exact,
+                                                                          "--seed": seed != 0,
+                                                                          "--flow": flow.lower() != "repair"})
+        else:
+            ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
+                                     exact=exact, strict=strict, **inputs)
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
     ticket.model_spec = {"spec": spec_of(net, model), "arch": arch}
     report = ticket.report()
     note = ""

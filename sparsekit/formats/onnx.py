@@ -85,6 +85,7 @@ from .onnx_base import (
     OnnxCheck,
     Parity,
     TensorStorage,
+    _as_shapes,
     _available_provider,
     _example_inputs,
     _first_line,
@@ -112,6 +113,111 @@ __all__ = [
 
 
 # --- the model to export -------------------------------------------------------------------------------
+
+
+def _export_and_verify(net: nn.Module, sample: tuple[torch.Tensor, ...], outputs: list[torch.Tensor],
+                       masks: dict[str, torch.Tensor], aliases: dict[str, str], ticket_used: Any,
+                       sets: list[tuple[str, tuple[torch.Tensor, ...]]], refs: list[list[torch.Tensor]], *,
+                       exporter: str, opset: int | None, dynamic_batch: bool, storage: str, verify: bool,
+                       provider_name: str, rtol: float, atol: float) -> dict[str, Any]:
+    """Export with ``exporter`` and build/check/verify every storage; ``chosen`` is None when all failed."""
+    proto, used, note = _export(net, _trace_inputs(net, sample, dynamic_batch), len(outputs), opset=opset,
+                                dynamic_batch=dynamic_batch, exporter=exporter)
+    note = f"dynamo exporter failed: {note}" if note else None
+    _strip_debug_info(proto.graph)
+    _add_provenance(proto, used, masks, ticket_used)
+    located = _locate(proto, masks, aliases)
+
+    modes = ["dense", "sparse-initializer", "compact"] if storage == "auto" else [storage]
+    built: dict[str, tuple[onnx.ModelProto, dict[str, TensorStorage]]] = {}
+    rejected: dict[str, str] = {}
+    for mode in dict.fromkeys(["dense", *modes]):  # dense too: the reference size
+        try:
+            built[mode] = encode_storage(proto, mode)
+        except SparsekitError as e:
+            if storage != "auto":
+                raise
+            rejected[mode] = str(e)
+    sizes = {mode: m.ByteSize() for mode, (m, _) in built.items()}
+    weight_bytes = {mode: sum(info[n].payload_bytes for n in located.values() if n and n in info)
+                    for mode, (_, info) in built.items()}
+    chosen = None
+    batch_only: list[bool] = []  # per storage that failed parity: did only the other batch size fail?
+    for mode in sorted((m for m in built if m in modes), key=lambda m: (sizes[m], modes.index(m))):
+        m, _ = built[mode]
+        if sizes[mode] > _MAX_PROTO_BYTES:
+            rejected[mode] = (f"{_size(sizes[mode])} is over protobuf's 2 GiB limit for one ONNX file; "
+                              "sparsekit writes single-file ONNX only")
+            continue
+        try:
+            checker = _check(m)
+        except Exception as e:  # onnx.checker.ValidationError and friends
+            rejected[mode] = f"onnx.checker: {_first_line(e)}"
+            continue
+        parity: list[Parity] = []
+        if verify:
+            data = m.SerializeToString()
+            try:
+                session = ort_session(data, provider_name)
+            except SparsekitError as e:
+                rejected[mode] = str(e)
+                continue
+            parity = _parity(session, sets, refs, rtol, atol)
+            del session
+            bad = [p for p in parity if not p.passed]
+            if bad:
+                batch_only.append(dynamic_batch and all(p is parity[-1] for p in bad))
+                rejected[mode] = "; ".join(f"{p.inputs}: {p.problem}" for p in bad)
+                continue
+        chosen = (mode, m, checker, parity)
+        break
+    by_problem: dict[str, list[str]] = {}
+    for k, v in rejected.items():
+        by_problem.setdefault(v, []).append(k)
+    why = "; ".join(f"{'/'.join(ks)} storage: {v}" for v, ks in by_problem.items())
+    return {"chosen": chosen, "built": built, "rejected": rejected, "sizes": sizes, "weight_bytes": weight_bytes,
+            "located": located, "used": used, "note": note, "batch_only": batch_only, "why": why}
+
+
+def _is_causal_lm(net: nn.Module) -> bool:
+    """A transformers causal language model (duck typed: a ``config`` with ``vocab_size`` and
+    ``use_cache``, and a ``*ForCausalLM``/``*LMHeadModel`` class)."""
+    cfg = getattr(net, "config", None)
+    name = type(net).__name__
+    return (cfg is not None and hasattr(cfg, "vocab_size") and hasattr(cfg, "use_cache")
+            and (name.endswith("ForCausalLM") or name.endswith("LMHeadModel")))
+
+
+def _logits_only(net: nn.Module) -> str | None:
+    """Make a transformers causal LM (the export copy) map ``input_ids`` to ``logits`` with the KV cache
+    off, so it exports without a user wrapper; returns a note for the report, or None for other models.
+
+    The exported graph has one input ``input_ids`` (int64, ``(batch, sequence)``; the sequence length is
+    that of the sample) and one output, the logits ``(batch, sequence, vocab)``. Parameter names are
+    unchanged (the forward is replaced on the copy, the model is not wrapped)."""
+    if not _is_causal_lm(net):
+        return None
+    import types
+
+    lm_forward = net.forward
+
+    def forward(self: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        return lm_forward(input_ids=input_ids, use_cache=False, return_dict=True).logits
+
+    net.forward = types.MethodType(forward, net)
+    return f"{type(net).__name__} exported as input_ids -> logits with use_cache=False"
+
+
+def _token_ids(net: nn.Module, input_shape: Any) -> tuple[torch.Tensor, ...]:
+    """Random token ids below the vocabulary size as the sample of a causal LM."""
+    if input_shape is None:
+        raise ValueError("export_onnx needs example_input=token ids or input_shape=(batch, sequence), e.g. "
+                         "input_shape=(1, 16), for a causal language model")
+    shapes = _as_shapes(input_shape)
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+        raise ValueError(f"a causal language model takes one input of shape (batch, sequence), got {input_shape!r}")
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randint(0, int(net.config.vocab_size), shapes[0], generator=gen),)
 
 
 @torch.no_grad()
@@ -391,71 +497,45 @@ def export_onnx(
     _check_target(path, overwrite)
 
     net, masks, aliases, ticket_used = _baked_copy(model, ticket)
-    sample = _example_inputs(net, example_input, input_shape)
+    lm_note = _logits_only(net)
+    if lm_note and example_input is None:
+        sample = _token_ids(net, input_shape)
+    else:
+        sample = _example_inputs(net, example_input, input_shape)
     outputs = _reference(net, sample)
-    proto, used, note = _export(net, _trace_inputs(net, sample, dynamic_batch), len(outputs), opset=opset,
-                                dynamic_batch=dynamic_batch, exporter=exporter)
-    _strip_debug_info(proto.graph)
-    _add_provenance(proto, used, masks, ticket_used)
-    located = _locate(proto, masks, aliases)
-
-    modes = ["dense", "sparse-initializer", "compact"] if storage == "auto" else [storage]
-    built: dict[str, tuple[onnx.ModelProto, dict[str, TensorStorage]]] = {}
-    rejected: dict[str, str] = {}
-    for mode in dict.fromkeys(["dense", *modes]):  # dense too: the reference size
-        try:
-            built[mode] = encode_storage(proto, mode)
-        except SparsekitError as e:
-            if storage != "auto":
-                raise
-            rejected[mode] = str(e)
-    sizes = {mode: m.ByteSize() for mode, (m, _) in built.items()}
-    weight_bytes = {mode: sum(info[n].payload_bytes for n in located.values() if n and n in info)
-                    for mode, (_, info) in built.items()}
-
     sets = _parity_sets(sample, example_input is not None, dynamic_batch) if verify else []
     refs = [outputs] + [_set_reference(net, label, inputs, sample) for label, inputs in sets[1:]] if verify else []
-    chosen = None
-    batch_only: list[bool] = []  # per storage that failed parity: did only the other batch size fail?
-    for mode in sorted((m for m in built if m in modes), key=lambda m: (sizes[m], modes.index(m))):
-        m, _ = built[mode]
-        if sizes[mode] > _MAX_PROTO_BYTES:
-            rejected[mode] = (f"{_size(sizes[mode])} is over protobuf's 2 GiB limit for one ONNX file; "
-                              "sparsekit writes single-file ONNX only")
-            continue
+    args = (net, sample, outputs, masks, aliases, ticket_used, sets, refs)
+    kw = dict(opset=opset, dynamic_batch=dynamic_batch, storage=storage, verify=verify,
+              provider_name=provider_name, rtol=rtol, atol=atol)
+    first = _export_and_verify(*args, exporter=exporter, **kw)
+    result = first
+    if first["chosen"] is None and exporter == "auto" and first["used"] == "dynamo":
+        # the dynamo graph exported but its *output* failed a check: the TorchScript exporter may get it right
         try:
-            checker = _check(m)
-        except Exception as e:  # onnx.checker.ValidationError and friends
-            rejected[mode] = f"onnx.checker: {_first_line(e)}"
-            continue
-        parity: list[Parity] = []
-        if verify:
-            data = m.SerializeToString()
-            try:
-                session = ort_session(data, provider_name)
-            except SparsekitError as e:
-                rejected[mode] = str(e)
-                continue
-            parity = _parity(session, sets, refs, rtol, atol)
-            del session
-            bad = [p for p in parity if not p.passed]
-            if bad:
-                batch_only.append(dynamic_batch and all(p is parity[-1] for p in bad))
-                rejected[mode] = "; ".join(f"{p.inputs}: {p.problem}" for p in bad)
-                continue
-        chosen = (mode, m, checker, parity)
-        break
-    if chosen is None:
-        by_problem: dict[str, list[str]] = {}
-        for k, v in rejected.items():
-            by_problem.setdefault(v, []).append(k)
-        why = "; ".join(f"{'/'.join(ks)} storage: {v}" for v, ks in by_problem.items())
+            second = _export_and_verify(*args, exporter="torchscript", **kw)
+        except SparsekitError as e:
+            second = None
+            first["why"] += f" (TorchScript exporter tried too: {_first_line(e)})"
+        if second is not None and second["chosen"] is not None:
+            result = second
+            result["note"] = f"dynamo export failed the checks ({first['why']}); TorchScript export passed"
+        elif second is not None:
+            first["why"] += f"; TorchScript exporter tried too: {second['why']}"
+    if result["chosen"] is None:
+        used = result["used"]
         hint = (" Only the other batch size failed: the exported graph fixes the batch size; pass "
-                "dynamic_batch=False (CLI --static-batch)." if batch_only and all(batch_only) else "")
+                "dynamic_batch=False (CLI --static-batch)." if result["batch_only"] and all(result["batch_only"])
+                else "")
         other = "torchscript" if used == "dynamo" else "dynamo"
-        raise SparsekitError(f"the ONNX export ({used} exporter) does not match PyTorch, nothing was written: {why}."
-                             f"{hint} Try exporter={other!r}, or loosen rtol/atol if the differences are "
-                             "rounding.")
+        retry = f" Try exporter={other!r}, or loosen" if exporter != "auto" else " Loosen"
+        raise SparsekitError(f"the ONNX export ({used} exporter) does not match PyTorch, nothing was written: "
+                             f"{result['why']}.{hint}{retry} rtol/atol if the differences are rounding.")
+    chosen, built, rejected, sizes, weight_bytes, located = (
+        result[k] for k in ("chosen", "built", "rejected", "sizes", "weight_bytes", "located"))
+    used, note = result["used"], result["note"]
+    if lm_note:
+        note = f"{note}; {lm_note}" if note else lm_note
     mode, m, checker, parity = chosen
     data = m.SerializeToString()
     atomic_write_bytes(path, data, overwrite=overwrite)

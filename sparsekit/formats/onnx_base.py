@@ -112,7 +112,8 @@ class ExportReport:
         requested_storage: the ``storage`` argument.
         exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, via ``torch.export``) or
             ``"torchscript"`` (``dynamo=False``).
-        exporter_note: why the TorchScript exporter was used, if the dynamo one failed.
+        exporter_note: why the TorchScript exporter was used (the dynamo one failed to export, or its
+            output failed the checks), and how a transformers causal LM was exported; None otherwise.
         opset: the ONNX opset of the file.
         dynamic_batch: whether the first axis of every input is symbolic (``batch``).
         file_bytes: size of the written file.
@@ -191,7 +192,7 @@ class ExportReport:
         exporter = "torch.onnx dynamo (torch.export)" if self.exporter == "dynamo" else "torch.onnx TorchScript"
         lines.append(f"exporter: {exporter}, opset {self.opset}, "
                      f"{'dynamic batch' if self.dynamic_batch else 'fixed input shapes'}, checker {self.checker}"
-                     + (f"; dynamo exporter failed: {self.exporter_note}" if self.exporter_note else ""))
+                     + (f"; {self.exporter_note}" if self.exporter_note else ""))
         parts = []
         for name, n in self.sizes.items():
             share = f" ({100 * n / dense:.3g}% of dense)" if dense and name != "dense" else ""

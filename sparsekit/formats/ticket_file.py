@@ -32,7 +32,7 @@ from .. import __version__
 from .._io import atomic_write_bytes
 from .._safety import MAX_NAME_LENGTH, check_regular_file, escape_text
 from ..flow import repair_flow
-from ..layers import Layer, LayerLayout, check_layout, find_layers, type_name
+from ..layers import Layer, LayerLayout, check_layout, check_parametrizations, find_layers, type_name
 from ..masks import CompactMask
 from ..rng import RNG_ID
 from ..sampling import draw_mask
@@ -106,7 +106,9 @@ def _record_row(r: LayerRecord, layout: LayerLayout | None, common_dtype: str) -
             row[key] = value
     if r.aliases:
         row["aliases"] = list(r.aliases)
-    if layout is not None and (layout.out_axis, layout.in_axis, layout.groups) != (0, 1, 1):
+    if layout is not None and layout.stack_axis is not None:  # 4th element only when there is a stack axis
+        row["layout"] = [layout.out_axis, layout.in_axis, layout.groups, layout.stack_axis]
+    elif layout is not None and (layout.out_axis, layout.in_axis, layout.groups) != (0, 1, 1):
         row["layout"] = [layout.out_axis, layout.in_axis, layout.groups]  # absent means [0, 1, 1]
     return row
 
@@ -448,7 +450,7 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
         if not 0 <= nnz <= numel:
             raise TicketError(f"{rw} ({fqn}): nonzeros {nnz} outside [0, {numel}]")
         lay = _opt(row, "layout", list, [0, 1, 1], rw)
-        if not (len(lay) == 3 and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) < _MAX_DIM
+        if not (len(lay) in (3, 4) and all(isinstance(x, int) and not isinstance(x, bool) and abs(x) < _MAX_DIM
                                       for x in lay)):
             raise TicketError(f"{rw} ({fqn}): bad layout {lay!r}")
         layouts[fqn] = LayerLayout(*lay)
@@ -675,6 +677,7 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     if is_pruned(model):
         raise TicketError("the model already carries sparsekit masks; call sparsekit.finalize(model) first")
     # every check runs before the first write: the model is changed completely or not at all
+    check_parametrizations(model, ticket.compact_masks)
     weights = getattr(ticket, "weights", None)
     if weights:
         _check_weights(model, ticket, weights)
@@ -728,10 +731,15 @@ def _owner_types(model: nn.Module) -> dict[str, set[str]]:
     """For every parameter name, the type names of all modules owning that Parameter (tied weights)."""
     by_id: dict[int, set[str]] = {}
     names: dict[str, int] = {}
-    for mname, m in model.named_modules(remove_duplicate=False):
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for mname, m in modules.items():
         for pname, p in m.named_parameters(recurse=False):
             by_id.setdefault(id(p), set()).add(type_name(m))
             names[f"{mname}.{pname}" if mname else pname] = id(p)
+            if ".parametrizations." in f".{mname}":  # a parametrization's original: its layer's type counts
+                owner = modules.get(f".{mname}".rsplit(".parametrizations.", 1)[0][1:])
+                if owner is not None:
+                    by_id[id(p)].add(type_name(owner))
     return {n: by_id[i] for n, i in names.items()}
 
 

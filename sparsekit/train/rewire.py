@@ -110,6 +110,9 @@ def _unit_ids(layer: Layer, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     shape = tuple(layer.shape)
     coords = torch.unravel_index(flat, shape)
     o, i = coords[lay.out_axis], coords[lay.in_axis]
+    if lay.stack_axis is not None:  # each stacked matrix (expert) has its own units
+        e = coords[lay.stack_axis]
+        return e * shape[lay.out_axis] + o, e * shape[lay.in_axis] + i
     G = max(1, lay.groups)
     if lay.out_axis == 0 or G == 1:  # the in axis holds in/groups channels: columns are per group
         R = shape[lay.out_axis] // G
