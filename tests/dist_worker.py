@@ -4,7 +4,8 @@ argv: MODE OUT_DIR. Every rank writes ``result-RANK.pt`` (a dict of tensors and 
 * "fsdp": FSDP2 prune-then-shard and shard-then-prune training with AdamW, state-dict / DCP round trips,
   tickets on sharded models, and the errors (ranks with different masks, fit_weak on a sharded model;
   FSDP1 needs an accelerator: see test_attach.py for the replaced-Parameter error);
-* "ddp": DistributedDataParallel in a user loop, eager and torch.compile'd, and Rewirer under user DDP.
+* "ddp": DistributedDataParallel in a user loop, eager and torch.compile'd, and Rewirer under user DDP;
+* "stacks": Lightning's DDP strategy with SparsekitLightningCallback (RigL) and an Accelerate loop.
 """
 
 from __future__ import annotations
@@ -200,15 +201,58 @@ def ddp(out: str, rank: int, world: int) -> dict:
     return res
 
 
+def stacks(out: str, rank: int, world: int) -> dict:
+    """Lightning's DDP strategy and Accelerate, both on 2 processes."""
+    import lightning.pytorch as L
+    from accelerate import Accelerator
+    from lightning_helpers import Net, loader, trainer
+
+    from sparsekit.integrations.lightning import CHECKPOINT_KEY, SparsekitLightningCallback
+
+    res: dict = {}
+    net = Net()
+    ck = L.callbacks.ModelCheckpoint(dirpath=os.path.join(out, "ck"), every_n_train_steps=4, save_top_k=-1,
+                                     filename="{step}")
+    trainer(out, 4, [SparsekitLightningCallback(density=0.2, seed=3, rewire="rigl",
+                                                rewire_options={"update_every": 2}), ck],
+            strategy="ddp", devices=world, use_distributed_sampler=True).fit(net, loader(64))
+    res["lightning_masks"] = {n: m for n, _p, m in sparsekit.masked_parameters(net)}
+    res["lightning_state"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    dist.barrier()
+    res["lightning_ck_has_ticket"] = CHECKPOINT_KEY in torch.load(os.path.join(out, "ck", "step=4.ckpt"),
+                                                                  weights_only=False)
+
+    # Accelerate: prune before prepare; nothing else changes in the loop
+    accelerator = Accelerator(cpu=True)
+    model = mlp()
+    sparsekit.prune(model, method="er-erk", density=0.3, seed=7)
+    opt = adamw(model)
+    model, opt = accelerator.prepare(model, opt)
+    for x, y in batches():
+        loss = nn.functional.cross_entropy(model(local_part(x, rank, world)), local_part(y, rank, world))
+        opt.zero_grad()
+        accelerator.backward(loss)
+        opt.step()
+    inner = accelerator.unwrap_model(model)
+    res["accelerate_state"] = {k: v.detach().clone() for k, v in inner.state_dict().items()}
+    res["accelerate_world"] = accelerator.num_processes
+    return res
+
+
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if mode != "stacks":  # Lightning and Accelerate start the process group themselves
+        dist.init_process_group("gloo")
     try:
-        res = {"fsdp": fsdp, "ddp": ddp}[mode](out, rank, world)
+        if mode == "stacks":
+            res = stacks(out, rank, world)
+        else:
+            res = {"fsdp": fsdp, "ddp": ddp}[mode](out, rank, world)
         torch.save(res, os.path.join(out, f"result-{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -119,3 +119,34 @@ def test_rewirer_in_user_ddp_loop_decides_the_same_on_every_rank(ddp):
     assert any(not torch.equal(er[k], r0["rewired_masks"][k]) for k in er)  # it did rewire
     for k in r0["rewired_state"]:
         assert torch.equal(r0["rewired_state"][k], r1["rewired_state"][k])
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory):
+    pytest.importorskip("lightning")
+    pytest.importorskip("accelerate")
+    return _launch("stacks", tmp_path_factory.mktemp("stacks"))
+
+
+def test_lightning_ddp_strategy_rewires_identically_on_every_rank(stacks):
+    from lightning_helpers import Net
+
+    r0, r1 = stacks
+    er = sparsekit.prune(Net(), density=0.2, seed=3).masks
+    for k, mask in r0["lightning_masks"].items():
+        assert torch.equal(mask, r1["lightning_masks"][k])
+        assert int(mask.sum()) == int(er[k].sum())
+        assert bool((r0["lightning_state"][k][~mask] == 0).all())
+    assert any(not torch.equal(er[k], r0["lightning_masks"][k]) for k in er)  # RigL did rewire
+    assert all(torch.equal(v, r1["lightning_state"][k]) for k, v in r0["lightning_state"].items())
+    assert r0["lightning_ck_has_ticket"]
+
+
+def test_accelerate_recipe_matches_single_process(stacks):
+    r0, r1 = stacks
+    assert r0["accelerate_world"] == 2
+    ref = _single_process(w.adamw)
+    _assert_same_state(r0["accelerate_state"], ref)
+    for name, _p, mask in sparsekit.masked_parameters(ref):
+        assert bool((r0["accelerate_state"][name][~mask] == 0).all())
+    assert all(torch.equal(v, r1["accelerate_state"][k]) for k, v in r0["accelerate_state"].items())
