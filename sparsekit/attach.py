@@ -24,7 +24,8 @@ Sharded models (FSDP2 ``fully_shard``): the masks describe full weights; on a DT
 rank enforces the part of the mask on its own shard (:mod:`sparsekit._dtensor`). ``fully_shard``
 replaces the Parameters of the modules it shards; a step pre-hook notices the replacement (the
 owning modules are the same objects) and moves each mask to the new Parameter before the first
-optimizer step, masking that step's gradients, and checks that every rank holds the same masks.
+optimizer step, masking that step's gradients; at that step (a point every rank reaches) the masks
+are compared across ranks.
 Sharding wrappers that replace weights by anything else (FSDP1's flat parameters) raise an error.
 
 Caveat: writes that bypass autograd and optimizers (``param.data.copy_(...)``) are not seen;
@@ -54,6 +55,8 @@ _TICKETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: every live handle (a handle lives as long as the modules owning its Parameter): found again when a
 #: sharding wrapper replaces the Parameter it was attached to
 _HANDLES: weakref.WeakSet = weakref.WeakSet()
+#: handles newly installed on DTensor shards whose masks were not yet compared across ranks
+_UNCHECKED: list = []
 
 
 #: torch optimizers whose update of an entry depends only on that entry's gradient, weight and state:
@@ -167,6 +170,12 @@ def _optimizer_post_hook(optimizer: torch.optim.Optimizer, args: object, kwargs:
 
 def _optimizer_pre_hook(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
     _rebind_replaced()
+    if _UNCHECKED:  # masks newly on DTensor shards: every rank steps, so a collective is safe here
+        from .distributed import check_same_masks
+
+        handles = [h for h in _UNCHECKED if h.param_ref is not None and h.param_ref() is not None]
+        _UNCHECKED.clear()
+        check_same_masks(handles)
 
 
 def _ensure_optimizer_hook() -> None:
@@ -180,7 +189,6 @@ def _rebind_replaced() -> None:
     """Move masks whose Parameter was replaced (``fully_shard``) onto the replacement; O(masks) when none was."""
     if not _HANDLES:
         return
-    moved: list[MaskHandle] = []
     for h in list(_HANDLES):
         current = h.param_ref() if h.param_ref is not None else None
         for ref, pname, _sd in h.owners:
@@ -207,11 +215,6 @@ def _rebind_replaced() -> None:
             if p.grad is not None:
                 h.zero_(p.grad, p)  # gradients of this step arrived before the hook was there
             current = p
-            moved.append(h)
-    if moved and any(is_dtensor(h.param_ref()) for h in moved):
-        from .distributed import check_same_masks
-
-        check_same_masks(moved)
 
 
 def _bump() -> None:
@@ -223,6 +226,8 @@ def _install(p: nn.Parameter, h: MaskHandle) -> None:
     _bump()
     if is_dtensor(p):
         h.shard_mask(p)  # unsupported placements fail here, before anything changes
+        _UNCHECKED.append(h)  # compared across ranks at the next optimizer step (not here: a collective
+        # inside ticket_of() called on rank 0 only would hang)
     setattr(p, _ATTR, h)
     h.param_ref = weakref.ref(p)
     _HANDLES.add(h)
