@@ -226,3 +226,30 @@ def test_fsdp_class_names_report_the_user_class():
     other = type("FSDPThing", (FSDPModule, nn.Linear), {})  # not FSDP's naming: left alone
     m.__class__ = other
     assert type_name(m) == "FSDPThing"
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.25, 1.0])
+def test_dense_gradient_masks_follow_the_budget_and_stay_exact(monkeypatch, budget):
+    monkeypatch.setattr(sys.modules["sparsekit.attach"], "DENSE_MASK_BUDGET", budget)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 32), nn.Linear(32, 64), nn.Linear(64, 4))
+    t = sparsekit.prune(model, "er-uniform", 0.2, seed=1)
+    handles = {n: p._sparsekit_mask for n, p in model.named_parameters() if hasattr(p, "_sparsekit_mask")}
+    sizes = {n: model.get_parameter(n).numel() for n in handles}
+    chosen = {n for n, h in handles.items() if h.multiply}
+    assert sum(sizes[n] for n in chosen) <= budget * sum(sizes.values())
+    smallest_first = sorted(sizes, key=sizes.get)
+    assert chosen == set(smallest_first[:len(chosen)])  # smallest layers first
+    assert (len(chosen) == len(handles)) == (budget == 1.0) and (not chosen) == (budget == 0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 8)).pow(2).sum().backward()
+        for name, p, mk in sparsekit.masked_parameters(model):
+            assert bool((p.grad[~mk] == 0).all()) and bool((p.grad[mk] != 0).any()), name
+        opt.step()
+    assert_masked_zero(model, t)
+
+
+def test_dense_mask_budget_is_validated():
+    with pytest.raises(ValueError, match="dense_mask_budget"):
+        sparsekit.attach(nn.Linear(4, 4), {"weight": torch.ones(4, 4, dtype=torch.bool)}, dense_mask_budget=1.5)
