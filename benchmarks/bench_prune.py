@@ -322,6 +322,8 @@ def _train_worker(spec: dict) -> dict:
     sk_mechanism = f"mask handle holds {type(h0.mask).__name__}"
     if getattr(h0.mask, "kept", None) is not None:
         sk_mechanism += " (kept indices)"
+    n_mult = sum(1 for p in ref_model.parameters() if getattr(getattr(p, "_sparsekit_mask", None), "multiply", False))
+    sk_mechanism += f"; dense grad masks on {n_mult}/{len(masks)} layers (DENSE_MASK_BUDGET)"
     del ref_model, h0
     # sparsekit's optimizer hook is process-global and would fire for every model here; take it out
     # and give each variant that wants it a per-optimizer hook running the very same function.
@@ -360,12 +362,19 @@ def _train_worker(spec: dict) -> dict:
             flat.zero_()
             flat.index_copy_(0, rep, v)
 
-    def sk_model(grad_hook=True, opt_hook=True, kind=None):
-        """sparsekit.prune, then either sparsekit's own enforcement (``kind=None``) or the benchmark's
-        hooks of the same structure (post-accumulate-grad hook per weight, optimizer step post-hook
-        re-masking every step) with mask representation ``kind``."""
+    def sk_model(grad_hook=True, opt_hook=True, kind=None, budget=None):
+        """sparsekit.prune, then either sparsekit's own enforcement (``kind=None``; ``budget`` sets
+        ``sparsekit.attach.DENSE_MASK_BUDGET`` for this model) or the benchmark's hooks of the same
+        structure (post-accumulate-grad hook per weight, optimizer step post-hook re-masking every step)
+        with mask representation ``kind``."""
         m = fresh()
-        sparsekit.prune(m, method, density=density)
+        default_budget = sk_attach.DENSE_MASK_BUDGET
+        if budget is not None:
+            sk_attach.DENSE_MASK_BUDGET = budget
+        try:
+            sparsekit.prune(m, method, density=density)
+        finally:
+            sk_attach.DENSE_MASK_BUDGET = default_budget
         opt = sgd(m)
         if kind is None:  # sparsekit as installed
             opt.register_step_post_hook(sk_attach._optimizer_post_hook)
@@ -424,6 +433,10 @@ def _train_worker(spec: dict) -> dict:
     variants = [  # (key, description, builder, check that masked weights stayed exactly zero)
         ("dense", "dense resnet18 (reference)", lambda: (lambda m: (m, sgd(m)))(fresh()), False),
         ("sparsekit", f"sparsekit {sparsekit.__version__} as installed ({sk_mechanism})", lambda: sk_model(), True),
+        ("sparsekit-budget0", "sparsekit with DENSE_MASK_BUDGET=0 (compact masks only: before issue 15)",
+         lambda: sk_model(budget=0.0), True),
+        ("sparsekit-budget1", "sparsekit with DENSE_MASK_BUDGET=1 (a dense float mask for every layer, +4 B/param)",
+         lambda: sk_model(budget=1.0), True),
         ("both-bool", "grad hook g.mul_(bool) + opt hook re-masking weights every step (sparsekit 5fcaf3a)",
          lambda: sk_model(kind="bool"), True),
         ("grad-bool", "(a) grad hook only, bool mask", lambda: sk_model(opt_hook=False, kind="bool"), True),

@@ -18,6 +18,7 @@ from ._registry import Method, MethodInfo, get_method, list_methods, register_me
 from .attach import attach, enforce_masks, finalize, is_pruned, mask_gradients, masked_parameters, ticket_of
 from .coverage import Coverage, model_coverage
 from .densities import layer_densities
+from .distributed import check_same_masks
 from .errors import (
     NoPrunableLayersError,
     SparsekitError,
@@ -72,6 +73,7 @@ __all__ = [
     "masked_parameters",
     "mask_gradients",
     "ticket_of",
+    "check_same_masks",
     "fit_weak",
     "fit_strong",
     "rewire",

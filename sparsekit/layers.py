@@ -406,7 +406,15 @@ def _type_name(m: nn.Module) -> str:
         return m.__dict__[TYPE_ATTR]
     if isinstance(m, torch.jit.ScriptModule):
         return getattr(m, "original_name", type(m).__name__)
-    return type(m).__name__
+    return _unsharded_class(type(m)).__name__
+
+
+def _unsharded_class(cls: type) -> type:
+    """The user's class behind FSDP2's ``FSDP<Name>`` subclass (``fully_shard`` swaps ``__class__``)."""
+    bases = cls.__bases__
+    if len(bases) == 2 and bases[0].__name__ == "FSDPModule" and cls.__name__ == "FSDP" + bases[1].__name__:
+        return bases[1]
+    return cls
 
 
 def default_filter(module: nn.Module, name: str) -> bool:

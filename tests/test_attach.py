@@ -11,6 +11,7 @@ from models import TiedLM, small_cnn, transformer
 from torch import nn
 
 import sparsekit
+from sparsekit.errors import SparsekitError
 
 
 def train(model, opt, steps=5, shape=(8, 3, 12, 12), classes=10):
@@ -167,6 +168,88 @@ def test_model_to_other_dtype_keeps_enforcement():
 def test_import_is_lean_and_does_not_touch_cuda():
     code = ("import sys, torch, sparsekit; "
             "assert not torch.cuda.is_initialized(); "
-            "bad = [m for m in ('torchvision', 'rich', 'click', 'onnx') if m in sys.modules]; "
+            "bad = [m for m in ('torchvision', 'rich', 'click', 'onnx', 'transformers', 'lightning', "
+            "'pytorch_lightning', 'accelerate', 'torch.distributed.tensor', 'sparsekit.integrations') "
+            "if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mask_follows_a_replaced_parameter_at_the_next_step():
+    """fully_shard swaps a module's Parameters for new ones; the mask moves to the new Parameter."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    t = sparsekit.prune(model, "er-uniform", 0.2, seed=3)
+    old = model[0].weight
+    model[0].weight = nn.Parameter(torch.randn(16, 16))  # a dense replacement, same shape
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(4, 16)).sum().backward()
+    opt.step()
+    assert model[0].weight is not old
+    assert_masked_zero(model, t)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(4, 16)).sum().backward()
+        opt.step()
+    assert_masked_zero(model, t)
+    assert sparsekit.ticket_of(model) is t
+
+
+@pytest.mark.parametrize("replacement", ["flat", "removed"])
+def test_parameters_replaced_by_something_else_fail_loudly(replacement):
+    """What FSDP1 does (flat or removed Parameters) is named in an error at the first step, not trained dense."""
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    sparsekit.prune(model, "er-uniform", 0.2, seed=3)
+    w = model[0].weight
+    del model[0]._parameters["weight"]
+    if replacement == "flat":
+        model[0].weight = nn.Parameter(w.detach().reshape(-1).clone())
+    else:
+        model[0].weight = w.detach().clone()  # a plain tensor attribute, as FSDP1 sets during forward
+    opt = torch.optim.SGD([p for p in model.parameters()], lr=0.1)
+    with pytest.raises(SparsekitError, match="FSDP1.*fully_shard"):
+        opt.step()
+    other = nn.Linear(4, 4)  # said once: an unrelated model's optimizer is not blocked
+    sparsekit.prune(other, "er-uniform", 0.5)
+    torch.optim.SGD(other.parameters(), lr=0.1).step()
+
+
+def test_fsdp_class_names_report_the_user_class():
+    from sparsekit.layers import type_name
+
+    class FSDPModule:  # stands in for torch.distributed.fsdp.FSDPModule
+        pass
+
+    fsdp_linear = type("FSDPLinear", (FSDPModule, nn.Linear), {})
+    m = nn.Linear(2, 2)
+    m.__class__ = fsdp_linear
+    assert type_name(m) == "Linear"
+    other = type("FSDPThing", (FSDPModule, nn.Linear), {})  # not FSDP's naming: left alone
+    m.__class__ = other
+    assert type_name(m) == "FSDPThing"
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.25, 1.0])
+def test_dense_gradient_masks_follow_the_budget_and_stay_exact(monkeypatch, budget):
+    monkeypatch.setattr(sys.modules["sparsekit.attach"], "DENSE_MASK_BUDGET", budget)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 32), nn.Linear(32, 64), nn.Linear(64, 4))
+    t = sparsekit.prune(model, "er-uniform", 0.2, seed=1)
+    handles = {n: p._sparsekit_mask for n, p in model.named_parameters() if hasattr(p, "_sparsekit_mask")}
+    sizes = {n: model.get_parameter(n).numel() for n in handles}
+    chosen = {n for n, h in handles.items() if h.multiply}
+    assert sum(sizes[n] for n in chosen) <= budget * sum(sizes.values())
+    smallest_first = sorted(sizes, key=sizes.get)
+    assert chosen == set(smallest_first[:len(chosen)])  # smallest layers first
+    assert (len(chosen) == len(handles)) == (budget == 1.0) and (not chosen) == (budget == 0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(5, 8)).pow(2).sum().backward()
+        for name, p, mk in sparsekit.masked_parameters(model):
+            assert bool((p.grad[~mk] == 0).all()) and bool((p.grad[mk] != 0).any()), name
+        opt.step()
+    assert_masked_zero(model, t)
+
+
+def test_dense_mask_budget_is_validated():
+    with pytest.raises(ValueError, match="dense_mask_budget"):
+        sparsekit.attach(nn.Linear(4, 4), {"weight": torch.ones(4, 4, dtype=torch.bool)}, dense_mask_budget=1.5)

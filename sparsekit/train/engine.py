@@ -42,8 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from .._dtensor import is_dtensor
 from .._io import atomic_write_bytes, atomic_write_text, clean_stale_temps
-from ..attach import _ATTR, is_pruned, mask_gradients, masked_parameters, ticket_of
+from ..attach import is_pruned, mask_gradients, masked_parameters, ticket_of
+from ..distributed import check_same_masks
 from ..errors import SparsekitError
 from ..rng import stream_key
 
@@ -517,32 +519,6 @@ def _set_rng_state(st: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(st["cuda"].cpu(), device)
 
 
-def _masks_digest(model: nn.Module) -> int:
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=8)
-    for name, p, _ in masked_parameters(model):
-        mask = getattr(p, _ATTR).mask
-        h.update(name.encode())
-        h.update(mask.kept_indices().cpu().numpy().tobytes())
-    return int.from_bytes(h.digest(), "little", signed=True)
-
-
-def _check_same_masks(model: nn.Module, d: _Dist, device: torch.device) -> None:
-    import torch.distributed as dist
-
-    mine = torch.tensor([_masks_digest(model)], dtype=torch.int64,
-                        device=device if dist.get_backend() == "nccl" else "cpu")
-    every = [torch.zeros_like(mine) for _ in range(d.world_size)]
-    dist.all_gather(every, mine)
-    values = [int(t.item()) for t in every]
-    if len(set(values)) > 1:
-        odd = [r for r, v in enumerate(values) if v != values[0]]
-        raise SparsekitError(
-            f"ranks hold different masks (rank 0 differs from ranks {odd}): prune with the same method, density, "
-            "seed and model on every rank (masks are a pure function of these), or apply the same ticket file")
-
-
 def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -742,6 +718,12 @@ def run(model: nn.Module, train_data: Dataset | DataLoader, config: TrainConfig,
 def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorithm, eval_data: Any,
          optimizer: Any, loss_fn: Callable, cbs: list[Callback], ckdir: Path | None, resume: bool,
          progress: bool, d: _Dist) -> History:
+    sharded = [n for n, p in model.named_parameters() if is_dtensor(p)]
+    if sharded:
+        raise SparsekitError(
+            f"the model is sharded ({sharded[0]} is a DTensor, e.g. after fully_shard): fit_weak, fit_strong and "
+            "rewire train with DistributedDataParallel under torchrun; pass the unsharded model, or train the "
+            "sharded one in your own loop (README: 'In your training code', FSDP2)")
     device = _resolve_device(cfg.device, d)
     amp = _amp_dtype(cfg.amp, device)
     bar = _Progress(bool(progress) and d.is_main, cfg.epochs)
@@ -800,7 +782,7 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
 
     net: nn.Module = algorithm.wrap(model)
     if d.active:
-        _check_same_masks(model, d, device)
+        check_same_masks(model)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)

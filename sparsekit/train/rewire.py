@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .._dtensor import is_dtensor
 from ..attach import _ATTR, is_pruned, replace_mask, ticket_of
 from ..errors import SparsekitError
 from ..flow import dead_units
@@ -155,6 +156,11 @@ class Rewirer:
                  flow: bool = True, seed: int = 0) -> None:
         if not is_pruned(model):
             raise SparsekitError("Rewirer needs a pruned model: call sparsekit.prune(model, ...) first")
+        sharded = [n for n, p in model.named_parameters() if is_dtensor(p)]
+        if sharded:
+            raise SparsekitError(
+                f"Rewirer does not support sharded models ({sharded[0]} is a DTensor, e.g. after fully_shard): "
+                "RigL/SET rank weights and gradients of whole layers; rewire under DistributedDataParallel")
         self.method = _method(method)
         for name, v, ok in (("update_every", update_every, isinstance(update_every, int) and update_every >= 1),
                             ("drop_fraction", drop_fraction, isinstance(drop_fraction, (int, float))
