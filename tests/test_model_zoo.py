@@ -308,6 +308,10 @@ def test_stack_axis_grid_flat_index_and_file_round_trip(tmp_path: Path) -> None:
     t = sparsekit.prune(model, density=0.05, seed=2)
     assert t.layouts["model.layers.0.mlp.experts.gate_up_proj"] == sparsekit.LayerLayout(1, 2, stack_axis=0)
     sparsekit.save_ticket(t, tmp_path / "moe.safetensors")
+    # a stacked layout is a format 1.1 feature (older readers reject it instead of rebuilding other masks)
+    from sparsekit.formats.ticket_file import read_ticket_metadata
+
+    assert read_ticket_metadata(tmp_path / "moe.safetensors").meta["format_version"] == "1.1"
     back = sparsekit.load_ticket(tmp_path / "moe.safetensors")
     assert back.layouts["model.layers.0.mlp.experts.down_proj"] == sparsekit.LayerLayout(1, 2, stack_axis=0)
     assert torch.equal(back.masks["model.layers.0.mlp.experts.down_proj"],

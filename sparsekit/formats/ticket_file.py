@@ -197,7 +197,9 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
     version = FORMAT_VERSION
     if ticket.model_spec:
         meta["model"] = {k: v for k, v in ticket.model_spec.items() if v is not None}
-        version = "1.1"  # the first field of minor version 1.1; files without it stay 1.0, byte for byte
+        version = "1.1"  # a minor-version 1.1 feature; files without one stay 1.0, byte for byte
+    if any(len(row.get("layout", ())) == 4 for row in rows):
+        version = "1.1"  # stacked (expert) layouts, [out, in, groups, stack_axis]
     if weights is not None:
         meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors, kept=weights == "kept")
     header = {
