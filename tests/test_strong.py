@@ -230,3 +230,29 @@ def test_init_matches_the_spec_reference(scheme):
         assert got == pytest.approx(expect, rel=1e-12, abs=1e-15)
     else:
         assert got == expect
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 400), st.floats(0.05, 1.0), st.integers(0, 2**31 - 1), st.booleans())
+def test_fused_effective_weight_equals_the_unfused_graph(numel, frac, seed, dense):
+    """_EffectiveWeight: same values and same straight-through score gradients as w * GetSubnet(|s|) scattered."""
+    from sparsekit.train.strong import _EffectiveWeight, _GetSubnet
+
+    g = torch.Generator().manual_seed(seed)
+    n = numel if dense else max(1, round(numel * frac))
+    kept = None if dense else torch.randperm(numel, generator=g)[:n].sort().values
+    w = torch.randn(n, generator=g)
+    s0 = torch.randn(n, generator=g)
+    s0[torch.rand(n, generator=g) < 0.1] = 0.0  # sign(0) = 0: no gradient, as through abs()
+    m, _ = topk_mask(s0.abs(), max(1, n // 3))
+    upstream = torch.randn(numel, generator=g)
+    s1, s2 = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+    vals = w * _GetSubnet.apply(m, s1.abs())
+    ref = vals if kept is None else torch.zeros(numel).index_put((kept,), vals)
+    got = _EffectiveWeight.apply(s2, m, w, kept, numel)
+    assert torch.equal(ref, got)
+    ref.backward(upstream)
+    got.backward(upstream)
+    assert torch.equal(s1.grad, s2.grad)
+    if kept is not None and n < numel:  # a wrong scatter position would show here
+        assert torch.equal(got[kept][m], w[m]) and int(torch.count_nonzero(got)) <= int(m.sum())
