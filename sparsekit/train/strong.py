@@ -20,13 +20,42 @@ Choices:
   new threshold inside a narrow band around the old one, only the band's entries are selected from
   (its width adapts to how far the threshold moved). Both shortcuts are exact.
   Ties at the threshold are broken by the lower index, so every level keeps exactly ``k`` edges.
-* **Everything else is frozen**: biases, BatchNorm affine parameters and other unmasked parameters
-  keep their values and do not train (the paper's edge-popup code learns no weights at all; with
-  affine BatchNorm left at its init of weight 1 and bias 0 this is edge-popup's non-affine BN).
-  BatchNorm running statistics are updated as usual; the ticket stores all unmasked state
-  (``weights`` mode ``state``), a few KiB, and no weight values of the masked layers.
+* **Everything else is frozen**: BatchNorm affine parameters and other unmasked parameters keep
+  their values and do not train (the paper's edge-popup code learns no weights at all; with affine
+  BatchNorm at its init of weight 1 and bias 0 this is edge-popup's non-affine BN, and fit_strong
+  warns about BatchNorm layers whose affine parameters are not at 1 and 0). The biases of the
+  masked layers are set to zero by default (``bias="zero"``), as in the reference code;
+  ``bias="keep"`` keeps their values (frozen). BatchNorm running statistics are updated as usual;
+  the ticket stores all unmasked state (``weights`` mode ``state``), a few KiB, and no weight values
+  of the masked layers.
+* **Init scale (``scale_fan``, default on)**: the frozen weights' ``sigma = sqrt(2 / fan)`` uses the
+  fan-in of the *final ticket*, ``fan = fan_in * (nonzeros / numel)`` of each layer at the final
+  density, not the ER source's ``fan_in * er_density`` and not the dense ``fan_in``. This is
+  edge-popup's scaled init (the references divide the std by ``sqrt(final density)``) and what a
+  ticket file rebuilds (``formats/TICKET.md`` §9.5). Measured on digits (issue 17,
+  ``benchmarks/strong_investigation.py``): without scaling, the sparse source loses 3-4 points and
+  the gap to the dense source grows; scaling by the ER source's fan-in is 1 point worse than by the
+  final ticket's.
 * **Learning rate**: cosine annealing restarted at every level (edge-popup trains with a cosine
   schedule), or constant.
+
+Conventions that still differ from the reference code (RelationalML/sparse_to_sparse ``ER_SLT``;
+allenai/hidden-networks), and why:
+
+* **Annealing**: level ``i`` keeps ``source_nnz * (final / source_nnz) ** (i / levels)`` edges, so
+  the schedule starts from the ER source. ER_SLT starts from ``--sparsity_start`` (0.6 by default,
+  clipped to the ER density) with the same geometric steps; the two agree when ``sparsity_start``
+  is the ER density, which is the only choice that needs no extra parameter.
+* **k rounding**: ``k = round(density * numel)`` per layer (at least 1, at most the ER source's
+  edges); the references truncate (``int(...)``), a difference of at most one edge per layer.
+* **Learning-rate schedule**: cosine restarted per level (edge-popup's cosine, applied per level as
+  in iterative edge-popup); ER_SLT's script uses a step schedule. Measured on digits: within noise.
+* **Weight values**: drawn from sparsekit's counter RNG (so a ticket file rebuilds them from a
+  seed), not from ``torch.randn``; same distributions.
+* **Biases**: the references have none or zero biases; ``bias="zero"`` (default) matches them.
+  Scores are never learned for biases (ER_SLT optionally scores biases too).
+* **Scores**: one per ER-kept edge (a flat vector) instead of a dense score tensor with a mask; the
+  selection and straight-through gradients are the same.
 """
 
 from __future__ import annotations
@@ -58,6 +87,7 @@ from .engine import Algorithm, History, TrainConfig, run
 __all__ = ["fit_strong", "EdgePopup", "level_counts", "topk_mask"]
 
 SCORE_INITS = ("kaiming-uniform", "uniform")
+BIAS_MODES = ("zero", "keep")
 
 
 def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
@@ -314,7 +344,8 @@ def fit_strong(
     final_method: str | None = None,
     levels: int = 5,
     init: str = "signed-kaiming-constant",
-    scale_fan: bool = False,
+    scale_fan: bool = True,
+    bias: str = "zero",
     score_init: str = "kaiming-uniform",
     lr: float = 0.1,
     momentum: float = 0.9,
@@ -352,7 +383,12 @@ def fit_strong(
         levels: number of annealing levels (paper: 5).
         init: ``"signed-kaiming-constant"`` (default; best in the edge-popup appendix), ``"kaiming-normal"``
             or ``"kaiming-uniform"``; drawn from the counter RNG (:mod:`sparsekit.init`).
-        scale_fan: scale the init's fan-in by the layer's final density (edge-popup's scaled variants).
+        scale_fan: use the final ticket's fan-in, ``fan_in * final layer density``, for the init's
+            scale (edge-popup's scaled variants; the default since issue 17, which measured 3-4 points
+            more on digits). The ER source's density does not enter (module docstring). ``False``
+            (the default before) scales by the dense ``fan_in``.
+        bias: ``"zero"`` (default, as the references) sets the biases of the masked layers to zero;
+            ``"keep"`` keeps their values (the behaviour before issue 17). Both stay frozen.
         score_init: ``"kaiming-uniform"`` (edge-popup's) or ``"uniform"`` in (0, 1).
         lr, momentum, weight_decay, batch_size: SGD on the scores (paper App. A.7: 0.1, 0.9, 5e-4, 128).
         schedule: ``"cosine"`` (restarted at every level) or ``"constant"``.
@@ -382,6 +418,10 @@ def fit_strong(
         raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
     if score_init not in SCORE_INITS:
         raise ValueError(f"score_init must be one of {SCORE_INITS}, got {score_init!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    if not isinstance(scale_fan, bool):
+        raise ValueError(f"scale_fan must be True or False, got {scale_fan!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' (restarted each level) or 'constant', got {schedule!r}")
     config = TrainConfig(epochs=levels * epochs_per_level, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -411,6 +451,10 @@ def fit_strong(
             d = final_counts[fqn] / p.numel()
             p.copy_(init_weight(fqn, tuple(p.shape), layouts[fqn], init, seed, density=d, scale_fan=scale_fan,
                                 dtype=p.dtype, device=p.device))
+        if bias == "zero":
+            for b in _masked_layer_biases(model, source):
+                b.zero_()
+    _warn_affine_norms(model)
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -433,7 +477,7 @@ def fit_strong(
     ticket = Ticket("edge-popup", sum(r.nonzeros for r in layers) / total if total else 1.0, seed, None, True, layers,
                     masks, {"er_method": er.method, "er_density": er_density, "er_flow": flow,
                             "final_method": final_method or er.method, "levels": levels,
-                            "epochs_per_level": epochs_per_level, "score_init": score_init},
+                            "epochs_per_level": epochs_per_level, "score_init": score_init, "bias": bias},
                     kind="strong", sparsekit_version=er.sparsekit_version)
     ticket.layouts = layouts
     ticket.init = {"scheme": init, "seed": str(seed), "scale_fan": scale_fan}
@@ -442,3 +486,37 @@ def fit_strong(
     _remember_ticket(model, ticket)
     ticket.history = history  # type: ignore[attr-defined]
     return ticket
+
+
+def _masked_layer_biases(model: nn.Module, weights: dict[str, Any]) -> list[nn.Parameter]:
+    """The bias of each masked weight's layer: the sibling parameter named with ``weight`` -> ``bias``.
+
+    ``x.weight`` -> ``x.bias``, ``attn.in_proj_weight`` -> ``attn.in_proj_bias``. Layers without one
+    (``bias=False``) have none; each bias is listed once (tied layers).
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out: dict[int, nn.Parameter] = {}
+    for fqn in weights:
+        head, _, last = fqn.rpartition(".")
+        if "weight" not in last:
+            continue
+        name = (head + "." if head else "") + last.replace("weight", "bias")
+        b = params.get(name)
+        if b is not None:
+            out[id(b)] = b
+    return list(out.values())
+
+
+def _warn_affine_norms(model: nn.Module) -> None:
+    """Warn when normalisation layers have affine parameters away from 1 and 0: fit_strong freezes them."""
+    odd = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+            w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+            if (w is not None and not bool((w == 1).all())) or (b is not None and not bool((b == 0).all())):
+                odd.append(name or type(m).__name__)
+    if odd:
+        warnings.warn(f"fit_strong freezes normalisation affine parameters; {len(odd)} layer(s) are not at weight 1 "
+                      f"and bias 0 (e.g. {odd[:3]}), so the strong ticket is found with those fixed values, unlike "
+                      "edge-popup's non-affine BatchNorm; reset them (nn.init.ones_/zeros_) for the reference setting",
+                      stacklevel=3)
