@@ -5,7 +5,8 @@ Runs ``sparsekit.fit_strong`` on scikit-learn's digits (MLP 64-1024-1024-10 or a
 final density 0.1, 3 levels x 10 epochs, batch 64, one factor changed at a time against a base
 configuration, for ER(0.5) and dense sources. Every run is appended to a JSON-lines file (runs
 already there are skipped, so the script can be stopped and resumed); ``--table`` prints the mean
-test accuracy per (config, source) and the ER - dense gap in points.
+test accuracy per (config, source), its difference to the base config (the conv net's configs: to
+``conv``) and the ER - dense gap, in points.
 
 Factors that ``fit_strong`` does not expose as arguments are swapped in here (never in the library):
 
@@ -156,9 +157,13 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     configs = list(dict.fromkeys(r["config"] for r in rows))
     print(f"{'config':<28}{'source':>8}{'n':>3}{'seeds':>8}{'test acc':>18}{'vs base':>9}{'ER-dense':>10}")
-    base = {s: statistics.mean(r["test_acc"] for r in rows if r["config"] == "base" and r["er_density"] == s)
-            for s in {r["er_density"] for r in rows if r["config"] == "base"}}
+    def means_of(name: str) -> dict[float, float]:
+        return {s: statistics.mean(r["test_acc"] for r in rows if r["config"] == name and r["er_density"] == s)
+                for s in {r["er_density"] for r in rows if r["config"] == name}}
+
     for c in configs:
+        ref = "conv" if c.startswith("conv") else "base"  # the conv net's configs compare with its own base
+        base = means_of(ref)
         means = {}
         for s in sorted({r["er_density"] for r in rows if r["config"] == c}, reverse=True):
             rs = [r for r in rows if r["config"] == c and r["er_density"] == s]
@@ -167,7 +172,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             means[s] = mean
             seeds = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
-            vs = f"{100 * (mean - base[s]):+.1f}" if s in base and c != "base" else ""
+            vs = f"{100 * (mean - base[s]):+.1f}" if s in base and c != ref else ""
             gap = f"{100 * (mean - means[1.0]):+.1f}" if s != 1.0 and 1.0 in means else ""
             print(f"{c:<28}{s:>8g}{len(accs):>3}{seeds:>8}{mean:>10.4f} ± {sd:.4f}{vs:>9}{gap:>10}")
             out.append({"config": c, "er_density": s, "n": len(accs), "mean": mean, "std": sd,
