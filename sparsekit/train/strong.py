@@ -33,8 +33,8 @@ Choices:
   density, not the ER source's ``fan_in * er_density`` and not the dense ``fan_in``. This is
   edge-popup's scaled init (the references divide the std by ``sqrt(final density)``) and what a
   ticket file rebuilds (``formats/TICKET.md`` §9.5). Measured on digits (issue 17,
-  ``benchmarks/strong_investigation.py``): without scaling, the sparse source loses 3-4 points and
-  the gap to the dense source grows; scaling by the ER source's fan-in is 1 point worse than by the
+  ``benchmarks/strong_investigation.py``, 3 seeds): without scaling, the ER(0.5) source loses 4.4
+  points and the dense one 3.5; scaling by the ER source's fan-in is 1.1 points worse than by the
   final ticket's.
 * **Learning rate**: cosine annealing restarted at every level (edge-popup trains with a cosine
   schedule), or constant.
@@ -384,7 +384,7 @@ def fit_strong(
         init: ``"signed-kaiming-constant"`` (default; best in the edge-popup appendix), ``"kaiming-normal"``
             or ``"kaiming-uniform"``; drawn from the counter RNG (:mod:`sparsekit.init`).
         scale_fan: use the final ticket's fan-in, ``fan_in * final layer density``, for the init's
-            scale (edge-popup's scaled variants; the default since issue 17, which measured 3-4 points
+            scale (edge-popup's scaled variants; the default since issue 17, which measured 3.5-4.4 points
             more on digits). The ER source's density does not enter (module docstring). ``False``
             (the default before) scales by the dense ``fan_in``.
         bias: ``"zero"`` (default, as the references) sets the biases of the masked layers to zero;
