@@ -15,8 +15,12 @@ Two repairs, both deterministic from the seed through the counter RNG:
   columns. A unit still dead after :data:`MAX_RESAMPLE_ROUNDS` rounds (expected only when
   ``p_l * entries << 1e-3``) gets one edge by random addition and is counted in ``fallbacks``.
 
-Repairs only add edges, so the realised density can exceed the target by the edges added; the
-report counts them (the paper's Tables 5 and 6 report the same quantity).
+Repairs only add edges, so the realised density can exceed the target by the edges added. The
+report (:meth:`sparsekit.Ticket.report`) gives both counts: ``edges_added`` (edges per layer and in
+total) and ``num_corrected``, the number of (layer, direction) pairs that needed a repair, each layer
+counting at most once for its rows and once for its columns. The paper's Tables 5 and 6 report
+``num_corrected`` (the authors' code adds ``(degrees == 0).any()`` per layer and direction), not the
+number of edges added, although their captions say "edges"; ``edges_added`` is at least as large.
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ def test_fit_strong_digits_ticket_rebuilds_the_network(tmp_path):
     assert "strong ticket density 0.2" in r.output and "trained 4 epochs" in r.output
     ticket = sparsekit.load_ticket(out)
     assert ticket.kind == "strong" and ticket.init["scheme"] == "signed-kaiming-constant"
+    assert ticket.init["scale_fan"] is True and ticket.method_options["bias"] == "zero"  # the defaults
     assert not any(k.startswith("kept/") for k in ticket.weights)  # no weight values of masked layers
     model = mlp(hidden=(128, 128))
     sparsekit.apply_ticket(model, out)

@@ -48,9 +48,9 @@ def test_weak_digits_example_runs(tmp_path):
 
 def test_strong_and_rewire_examples_run(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "examples/strong_digits.py"), "--width", "64", "--seeds", "1",
-                          "--levels", "1", "--epochs-per-level", "2", "--inits", "signed-kaiming-constant"],
+                          "--levels", "1", "--epochs-per-level", "2", "--sources", "0.5", "1", "--finals", "0.1"],
                          capture_output=True, text=True, check=True, timeout=300).stdout
-    assert "ER 0.5" in out and "dense" in out
+    assert "ER 0.5" in out and "dense" in out and "-> 0.1" in out and ("(+" in out or "(-" in out)
     out = subprocess.run([sys.executable, str(ROOT / "examples/rewire_digits.py"), "--methods", "er-erk", "--seeds",
                           "1", "--epochs", "3", "--update-every", "5", "--out", str(tmp_path / "r.json")],
                          capture_output=True, text=True, check=True, timeout=300).stdout

@@ -97,3 +97,17 @@ def test_grouped_conv_groups_repaired_within_group():
     (layer,) = find_layers(nn.Sequential(conv))
     assert brute_dead(layer, t.mask("0.weight")) == (0, 0)
     assert t.layers[0].rows_repaired > 0
+
+
+def test_num_corrected_counts_layer_direction_pairs_not_edges():
+    """Tables 5-6 quantity: (layer, direction) pairs repaired (the authors' num_corrected), not edges."""
+    model = nn.Sequential(nn.Linear(500, 400), nn.Linear(400, 3))
+    ticket = sparsekit.prune(model, "er-uniform", 0.002, seed=9, flow="repair")
+    totals = ticket.report().totals
+    pairs = [(r.rows_repaired > 0, r.cols_repaired > 0) for r in ticket.layers]
+    assert totals["num_corrected"] == sum(a + b for a, b in pairs) == totals["pairs_repaired"]
+    assert 1 <= totals["num_corrected"] <= 2 * len(ticket.layers)
+    assert totals["edges_added"] > totals["num_corrected"]  # many units per pair: the two counts differ
+    assert f"{totals['num_corrected']} corrected" in str(ticket.report())
+    clean = sparsekit.prune(nn.Sequential(nn.Linear(50, 40)), "er-uniform", 0.5, seed=0).report().totals
+    assert clean["num_corrected"] == clean["edges_added"] == 0

@@ -54,7 +54,7 @@ def test_weights_frozen_masks_inside_er_and_level_densities_exact():
     watch = Watch(model)
     ticket = sparsekit.fit_strong(model, blobs(), eval_data=blobs(64, seed=1), callbacks=[watch], seed=3, **KW)
     assert ticket.kind == "strong" and ticket.init == {"scheme": "signed-kaiming-constant", "seed": "3",
-                                                       "scale_fan": False}
+                                                       "scale_fan": True}
     # weights never change: every snapshot equals the first, and masked weights are the seed-drawn ones
     first = watch.snapshots[0]
     assert len(watch.snapshots) > 3
@@ -64,7 +64,8 @@ def test_weights_frozen_masks_inside_er_and_level_densities_exact():
     for r in ticket.layers:
         w = model.get_parameter(r.fqn)
         lay = ticket.layouts[r.fqn]
-        drawn = init_weight(r.fqn, tuple(w.shape), lay, "signed-kaiming-constant", 3)
+        drawn = init_weight(r.fqn, tuple(w.shape), lay, "signed-kaiming-constant", 3, density=r.nonzeros / r.numel,
+                            scale_fan=True)
         assert torch.equal(first[r.fqn], drawn)
         strong = ticket.masks[r.fqn]
         assert not (strong & ~er.masks[r.fqn]).any()  # inside the ER mask
@@ -99,6 +100,36 @@ def test_ticket_rebuilds_the_network_exactly(tmp_path):
     assert all(torch.equal(loaded.masks[k], ticket.masks[k]) for k in ticket.compact_masks)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values(),
                                                  strict=True))
+
+
+def test_biases_zero_by_default_or_kept():
+    kw = {**KW, "levels": 1, "epochs_per_level": 1}
+    model = net()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("bias")}
+    t = sparsekit.fit_strong(model, blobs(64), **kw)
+    assert t.method_options["bias"] == "zero"
+    for n in ("0.bias", "3.bias", "5.bias"):  # the masked layers' biases
+        assert not before[n].eq(0).all() and torch.equal(model.get_parameter(n), torch.zeros_like(before[n]))
+    assert torch.equal(model.get_parameter("1.bias"), before["1.bias"])  # BatchNorm's bias is not a layer bias
+    model = net()
+    t = sparsekit.fit_strong(model, blobs(64), **{**kw, "bias": "keep"})
+    assert all(torch.equal(model.get_parameter(n), before[n]) for n in before)
+    with pytest.raises(ValueError, match="bias must be one of"):
+        sparsekit.fit_strong(net(), blobs(64), **{**kw, "bias": "random"})
+
+
+def test_frozen_non_default_batchnorm_affine_warns():
+    kw = {**KW, "levels": 1, "epochs_per_level": 1}
+    model = net()
+    with torch.no_grad():
+        model[1].weight.fill_(2.0)
+    with pytest.warns(UserWarning, match="freezes normalisation affine parameters; 1 layer"):
+        sparsekit.fit_strong(model, blobs(64), **kw)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sparsekit.fit_strong(net(), blobs(64), **kw)  # BatchNorm at 1 and 0: no warning
 
 
 def test_resume_gives_the_same_strong_ticket(tmp_path):
@@ -230,3 +261,56 @@ def test_init_matches_the_spec_reference(scheme):
         assert got == pytest.approx(expect, rel=1e-12, abs=1e-15)
     else:
         assert got == expect
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 400), st.floats(0.05, 1.0), st.integers(0, 2**31 - 1), st.booleans())
+def test_fused_effective_weight_equals_the_unfused_graph(numel, frac, seed, dense):
+    """_EffectiveWeight: same values and same straight-through score gradients as w * GetSubnet(|s|) scattered."""
+    from sparsekit.train.strong import _EffectiveWeight, _GetSubnet
+
+    g = torch.Generator().manual_seed(seed)
+    n = numel if dense else max(1, round(numel * frac))
+    kept = None if dense else torch.randperm(numel, generator=g)[:n].sort().values
+    w = torch.randn(n, generator=g)
+    s0 = torch.randn(n, generator=g)
+    s0[torch.rand(n, generator=g) < 0.1] = 0.0  # sign(0) = 0: no gradient, as through abs()
+    m, _ = topk_mask(s0.abs(), max(1, n // 3))
+    upstream = torch.randn(numel, generator=g)
+    s1, s2 = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+    vals = w * _GetSubnet.apply(m, s1.abs())
+    ref = vals if kept is None else torch.zeros(numel).index_put((kept,), vals)
+    got = _EffectiveWeight.apply(s2, m, w, kept, numel)
+    assert torch.equal(ref, got)
+    ref.backward(upstream)
+    got.backward(upstream)
+    assert torch.equal(s1.grad, s2.grad)
+    if kept is not None and n < numel:  # a wrong scatter position would show here
+        assert torch.equal(got[kept][m], w[m]) and int(torch.count_nonzero(got)) <= int(m.sum())
+
+
+def test_scale_fan_uses_the_final_tickets_fan_in_not_the_er_sources():
+    """scale_fan (the default): sigma = sqrt(2 / (fan_in * final layer density)), whatever the ER source's density.
+
+    This is edge-popup's scaled init and what a ticket file rebuilds (TICKET.md §9.5): the fan is that
+    of the final ticket, nonzeros / numel of each layer, not fan_in * er_density.
+    """
+    kw = {**KW, "levels": 1, "epochs_per_level": 1}
+    mags = {}
+    for er_density in (0.5, 0.25, 1.0):
+        model = net()
+        ticket = sparsekit.fit_strong(model, blobs(64), **{**kw, "er_density": er_density})
+        assert ticket.init["scale_fan"] is True
+        for r in ticket.layers:
+            w = model.get_parameter(r.fqn)
+            vals = w[ticket.masks[r.fqn]].abs().unique()
+            assert vals.numel() == 1  # signed constant: one magnitude
+            fan = fan_in(tuple(w.shape), ticket.layouts[r.fqn]) * r.nonzeros / r.numel
+            assert vals.item() == pytest.approx(math.sqrt(2 / fan), rel=1e-6)
+            mags.setdefault(r.fqn, set()).add(round(vals.item(), 7))
+    assert all(len(v) == 1 for v in mags.values())  # independent of er_density (final counts are equal)
+    model = net()
+    old = sparsekit.fit_strong(model, blobs(64), **{**kw, "scale_fan": False})  # the old default, by argument
+    r = old.layers[0]
+    w = model.get_parameter(r.fqn)
+    assert w[old.masks[r.fqn]].abs().unique().item() == pytest.approx(math.sqrt(2 / 16), rel=1e-6)

@@ -128,7 +128,10 @@ def weak(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec
 @click.option("--epochs-per-level", type=click.IntRange(1), default=100, show_default=True, help="Paper: 100.")
 @click.option("--init", type=click.Choice(["signed-kaiming-constant", "kaiming-normal", "kaiming-uniform"]),
               default="signed-kaiming-constant", show_default=True, help="Frozen weights, drawn from the seed.")
-@click.option("--scale-fan", is_flag=True, help="Scale the init's fan-in by the layer's final density.")
+@click.option("--scale-fan/--no-scale-fan", default=True, show_default=True,
+              help="Scale the init by the final ticket's fan-in (fan_in x final layer density).")
+@click.option("--bias", "bias_mode", type=click.Choice(["zero", "keep"]), default="zero", show_default=True,
+              help="Biases of the masked layers: zero (as the references) or keep their values; frozen either way.")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
               help="cosine: restarted at every level.")
 def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_spec: str, seed: int, flow: str,
@@ -136,7 +139,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
            train_seed: int | None, num_workers: int | None, checkpoint_dir: Path | None, resume: bool,
            out: Path | None, force: bool, weights: str, history_path: Path | None, no_progress: bool, density: float,
            er_density: float, er_method: str, final_method: str | None, levels: int, epochs_per_level: int,
-           init: str, scale_fan: bool, schedule: str) -> None:
+           init: str, scale_fan: bool, bias_mode: str, schedule: str) -> None:
     """Find a strong lottery ticket inside an ER network with edge-popup (paper §2.1, App. A.7, A.9)."""
     from sparsekit.data import load_data
 
@@ -151,7 +154,7 @@ def strong(model_spec: str | None, arch: str | None, trust_pickle: bool, data_sp
     ticket = sparsekit.fit_strong(
         net, data.train, eval_data=data.test, density=density, er_density=er_density, er_method=er_method,
         final_method=final_method, levels=levels, epochs_per_level=epochs_per_level, init=init, scale_fan=scale_fan,
-        lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, schedule=schedule,
+        bias=bias_mode, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, schedule=schedule,
         amp=_AMP[amp], device=device, seed=seed, flow=None if flow.lower() == "none" else flow.lower(),
         checkpoint_dir=checkpoint_dir, resume=resume, progress=not no_progress, num_workers=num_workers)
     if not main_rank:

@@ -20,13 +20,46 @@ Choices:
   new threshold inside a narrow band around the old one, only the band's entries are selected from
   (its width adapts to how far the threshold moved). Both shortcuts are exact.
   Ties at the threshold are broken by the lower index, so every level keeps exactly ``k`` edges.
-* **Everything else is frozen**: biases, BatchNorm affine parameters and other unmasked parameters
-  keep their values and do not train (the paper's edge-popup code learns no weights at all; with
-  affine BatchNorm left at its init of weight 1 and bias 0 this is edge-popup's non-affine BN).
-  BatchNorm running statistics are updated as usual; the ticket stores all unmasked state
-  (``weights`` mode ``state``), a few KiB, and no weight values of the masked layers.
+* **Everything else is frozen**: BatchNorm affine parameters and other unmasked parameters keep
+  their values and do not train (the paper's edge-popup code learns no weights at all; with affine
+  BatchNorm at its init of weight 1 and bias 0 this is edge-popup's non-affine BN, and fit_strong
+  warns about BatchNorm layers whose affine parameters are not at 1 and 0). The biases of the
+  masked layers are set to zero by default (``bias="zero"``), as in the reference code;
+  ``bias="keep"`` keeps their values (frozen). BatchNorm running statistics are updated as usual;
+  the ticket stores all unmasked state (``weights`` mode ``state``), a few KiB, and no weight values
+  of the masked layers.
+* **Init scale (``scale_fan``, default on)**: the frozen weights' ``sigma = sqrt(2 / fan)`` uses the
+  fan-in of the *final ticket*, ``fan = fan_in * (nonzeros / numel)`` of each layer at the final
+  density, not the ER source's ``fan_in * er_density`` and not the dense ``fan_in``. This is
+  edge-popup's scaled init (the references divide the std by ``sqrt(final density)``) and what a
+  ticket file rebuilds (``formats/TICKET.md`` §9.5). Measured on digits (issue 17,
+  ``benchmarks/strong_investigation.py``, 3 seeds): without scaling, the ER(0.5) source loses 4.4
+  points and the dense one 3.5; scaling by the ER source's fan-in is 1.1 points worse than by the
+  final ticket's.
 * **Learning rate**: cosine annealing restarted at every level (edge-popup trains with a cosine
   schedule), or constant.
+
+Conventions that still differ from the reference code (RelationalML/sparse_to_sparse ``ER_SLT``;
+allenai/hidden-networks), and why:
+
+* **Annealing**: level ``i`` keeps ``source_nnz * (final / source_nnz) ** (i / levels)`` edges, so
+  the schedule starts from the ER source. ER_SLT starts from ``--sparsity_start`` (0.6 by default,
+  clipped to the ER density) with the same geometric steps; the two agree when ``sparsity_start``
+  is the ER density, which is the only choice that needs no extra parameter.
+* **k rounding**: ``k = round(density * numel)`` per layer (at least 1, at most the ER source's
+  edges); the references truncate (``int(...)``), a difference of at most one edge per layer.
+* **Learning-rate schedule**: cosine restarted per level (edge-popup's cosine, applied per level as
+  in iterative edge-popup); ER_SLT's script uses a step schedule. Measured on digits: within noise.
+* **Init scheme**: Signed Kaiming Constant by default (edge-popup's best, its appendix Tables 2-3);
+  the paper's SLT instructions and ER_SLT's default use Kaiming normal (``init="kaiming-normal"``),
+  which measured 1.0 (ER 0.5) and 0.2 (dense) points lower on digits (one seed).
+* **Weight values**: drawn from sparsekit's counter RNG (so a ticket file rebuilds them from a
+  seed), not from ``torch.randn``; same distributions.
+* **Biases**: the references have none or zero biases; ``bias="zero"`` (default) matches them.
+  Keeping PyTorch's random biases measured within noise on digits (-0.1 / +0.2 points, 3 seeds).
+  Scores are never learned for biases (ER_SLT optionally scores biases too).
+* **Scores**: one per ER-kept edge (a flat vector) instead of a dense score tensor with a mask; the
+  selection and straight-through gradients are the same.
 """
 
 from __future__ import annotations
@@ -58,6 +91,7 @@ from .engine import Algorithm, History, TrainConfig, run
 __all__ = ["fit_strong", "EdgePopup", "level_counts", "topk_mask"]
 
 SCORE_INITS = ("kaiming-uniform", "uniform")
+BIAS_MODES = ("zero", "keep")
 
 
 def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
@@ -74,8 +108,8 @@ def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
     return counts
 
 
-def topk_mask(scores: torch.Tensor, k: int, hint: torch.Tensor | None = None,
-              width: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = None,
+              width: float = 0.0) -> tuple[torch.Tensor, float]:
     """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
 
     ``hint`` is a previous threshold. If exactly ``k`` entries reach it, they are the answer. Else, with
@@ -83,30 +117,35 @@ def topk_mask(scores: torch.Tensor, k: int, hint: torch.Tensor | None = None,
     when counting shows it lies there (two comparison passes and a selection over the few entries of
     the band); otherwise a full selection runs. Always exact: ties at the threshold keep the lowest
     indices, so the mask has exactly ``k`` entries.
+
+    Thresholds are Python floats: comparing a tensor with a Python number and counting with
+    ``count_nonzero`` are several times faster on the CPU than comparing with a 0-dim tensor and
+    summing bools (the conversion is exact: a float64 holds every float32/16 value).
     """
     n = scores.numel()
     if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=scores.device), scores.min() if n else scores.new_zeros(())
+        return torch.ones(n, dtype=torch.bool, device=scores.device), float(scores.min()) if n else 0.0
     if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device), scores.max() + 1
+        return torch.zeros(n, dtype=torch.bool, device=scores.device), float(scores.max()) + 1.0
     thr = None
     if hint is not None:
+        hint = float(hint)
         m = scores >= hint
-        c = int(m.sum())
+        c = int(torch.count_nonzero(m))
         if c == k:
             return m, hint
         if width > 0:
             lo, hi = hint - width, hint + width
-            above = int((scores > hi).sum())
+            above = int(torch.count_nonzero(scores > hi))
             band_sel = (scores >= lo) & (scores <= hi)
             band = scores[band_sel]
             need = k - above  # how many of the band's largest entries complete the top k
             if 0 < need <= band.numel():
-                thr = torch.kthvalue(band, band.numel() - need + 1).values
+                thr = float(torch.kthvalue(band, band.numel() - need + 1).values)
     if thr is None:
-        thr = torch.kthvalue(scores, n - k + 1).values
+        thr = float(torch.kthvalue(scores, n - k + 1).values)
     m = scores > thr
-    missing = k - int(m.sum())
+    missing = k - int(torch.count_nonzero(m))
     if missing > 0:  # ties at the threshold: take the first ``missing`` of them
         ties = torch.nonzero(scores == thr).flatten()[:missing]
         m[ties] = True
@@ -125,6 +164,33 @@ class _GetSubnet(torch.autograd.Function):
         return None, grad
 
 
+class _EffectiveWeight(torch.autograd.Function):
+    """``zeros(numel).index_put(kept, w * GetSubnet(|s|))`` in one op, with the same gradients.
+
+    Forward writes the frozen weights of the selected edges into a zero tensor of the layer's size
+    (``index_copy_``, half the time of ``index_put`` on the CPU); backward gathers the gradient at the
+    ER-kept positions and multiplies by ``w * sign(s)``, the straight-through gradient of
+    ``w * GetSubnet(|s|)`` (every score gets one, selected or not). Equal to the unfused
+    autograd graph bit for bit (tested), without its intermediate tensors.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,  # noqa: PLR0913
+                kept: torch.Tensor | None, numel: int) -> torch.Tensor:
+        vals = weights * mask.to(weights.dtype)
+        ctx.save_for_backward(scores, weights, kept)
+        if kept is None:
+            return vals
+        return torch.zeros(numel, dtype=vals.dtype, device=vals.device).index_copy_(0, kept, vals)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
+        scores, weights, kept = ctx.saved_tensors
+        g = grad.reshape(-1)
+        g = g.index_select(0, kept) if kept is not None else g.clone()
+        return g.mul_(weights).mul_(scores.sign()), None, None, None, None
+
+
 @dataclass
 class _Layer:
     fqn: str
@@ -133,7 +199,7 @@ class _Layer:
     kept: torch.Tensor | None  # ER-kept flat indices (None: the whole layer)
     weights: torch.Tensor  # frozen weights at the kept positions (flat)
     counts: list[int]  # kept edges per level
-    threshold: torch.Tensor | None = None
+    threshold: float | None = None
     width: float = 0.0  # half-width of the band searched around the last threshold
 
     @property
@@ -211,21 +277,15 @@ class EdgePopup(Algorithm):
             with torch.no_grad():
                 m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width)
                 if L.threshold is not None:  # the next band: a few times the threshold's last move
-                    L.width = max(4.0 * abs(float(thr - L.threshold)), 1e-7 * abs(float(thr)))
+                    L.width = max(4.0 * abs(thr - L.threshold), 1e-7 * abs(thr))
             L.threshold = thr
             out.append(m)
         return out
 
     def effective_weights(self) -> dict[str, torch.Tensor]:
-        params = {}
-        for L, s, m in zip(self.layers, self.scores, self.current_masks(), strict=True):
-            vals = L.weights * _GetSubnet.apply(m, s.abs())
-            if L.kept is None:
-                params[L.fqn] = vals.view(L.shape)
-            else:
-                params[L.fqn] = torch.zeros(L.numel, dtype=vals.dtype, device=vals.device).index_put(
-                    (L.kept,), vals).view(L.shape)
-        return params
+        """Each masked weight as ``w * GetSubnet(|s|)`` scattered into its dense shape (one fused op)."""
+        return {L.fqn: _EffectiveWeight.apply(s, m, L.weights, L.kept, L.numel).view(L.shape)
+                for L, s, m in zip(self.layers, self.scores, self.current_masks(), strict=True)}
 
     # -- levels ----------------------------------------------------------------------------------
     def on_epoch_end(self, state: Any) -> dict[str, float]:
@@ -288,7 +348,8 @@ def fit_strong(
     final_method: str | None = None,
     levels: int = 5,
     init: str = "signed-kaiming-constant",
-    scale_fan: bool = False,
+    scale_fan: bool = True,
+    bias: str = "zero",
     score_init: str = "kaiming-uniform",
     lr: float = 0.1,
     momentum: float = 0.9,
@@ -326,7 +387,12 @@ def fit_strong(
         levels: number of annealing levels (paper: 5).
         init: ``"signed-kaiming-constant"`` (default; best in the edge-popup appendix), ``"kaiming-normal"``
             or ``"kaiming-uniform"``; drawn from the counter RNG (:mod:`sparsekit.init`).
-        scale_fan: scale the init's fan-in by the layer's final density (edge-popup's scaled variants).
+        scale_fan: use the final ticket's fan-in, ``fan_in * final layer density``, for the init's
+            scale (edge-popup's scaled variants; the default since issue 17, which measured 3.5-4.4 points
+            more on digits). The ER source's density does not enter (module docstring). ``False``
+            (the default before) scales by the dense ``fan_in``.
+        bias: ``"zero"`` (default, as the references) sets the biases of the masked layers to zero;
+            ``"keep"`` keeps their values (the behaviour before issue 17). Both stay frozen.
         score_init: ``"kaiming-uniform"`` (edge-popup's) or ``"uniform"`` in (0, 1).
         lr, momentum, weight_decay, batch_size: SGD on the scores (paper App. A.7: 0.1, 0.9, 5e-4, 128).
         schedule: ``"cosine"`` (restarted at every level) or ``"constant"``.
@@ -356,6 +422,10 @@ def fit_strong(
         raise ValueError(f"init must be one of {INIT_SCHEMES}, got {init!r}")
     if score_init not in SCORE_INITS:
         raise ValueError(f"score_init must be one of {SCORE_INITS}, got {score_init!r}")
+    if bias not in BIAS_MODES:
+        raise ValueError(f"bias must be one of {BIAS_MODES}, got {bias!r}")
+    if not isinstance(scale_fan, bool):
+        raise ValueError(f"scale_fan must be True or False, got {scale_fan!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' (restarted each level) or 'constant', got {schedule!r}")
     config = TrainConfig(epochs=levels * epochs_per_level, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -385,6 +455,10 @@ def fit_strong(
             d = final_counts[fqn] / p.numel()
             p.copy_(init_weight(fqn, tuple(p.shape), layouts[fqn], init, seed, density=d, scale_fan=scale_fan,
                                 dtype=p.dtype, device=p.device))
+        if bias == "zero":
+            for b in _masked_layer_biases(model, source):
+                b.zero_()
+    _warn_affine_norms(model)
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -407,7 +481,7 @@ def fit_strong(
     ticket = Ticket("edge-popup", sum(r.nonzeros for r in layers) / total if total else 1.0, seed, None, True, layers,
                     masks, {"er_method": er.method, "er_density": er_density, "er_flow": flow,
                             "final_method": final_method or er.method, "levels": levels,
-                            "epochs_per_level": epochs_per_level, "score_init": score_init},
+                            "epochs_per_level": epochs_per_level, "score_init": score_init, "bias": bias},
                     kind="strong", sparsekit_version=er.sparsekit_version)
     ticket.layouts = layouts
     ticket.init = {"scheme": init, "seed": str(seed), "scale_fan": scale_fan}
@@ -416,3 +490,37 @@ def fit_strong(
     _remember_ticket(model, ticket)
     ticket.history = history  # type: ignore[attr-defined]
     return ticket
+
+
+def _masked_layer_biases(model: nn.Module, weights: dict[str, Any]) -> list[nn.Parameter]:
+    """The bias of each masked weight's layer: the sibling parameter named with ``weight`` -> ``bias``.
+
+    ``x.weight`` -> ``x.bias``, ``attn.in_proj_weight`` -> ``attn.in_proj_bias``. Layers without one
+    (``bias=False``) have none; each bias is listed once (tied layers).
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    out: dict[int, nn.Parameter] = {}
+    for fqn in weights:
+        head, _, last = fqn.rpartition(".")
+        if "weight" not in last:
+            continue
+        name = (head + "." if head else "") + last.replace("weight", "bias")
+        b = params.get(name)
+        if b is not None:
+            out[id(b)] = b
+    return list(out.values())
+
+
+def _warn_affine_norms(model: nn.Module) -> None:
+    """Warn when normalisation layers have affine parameters away from 1 and 0: fit_strong freezes them."""
+    odd = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+            w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+            if (w is not None and not bool((w == 1).all())) or (b is not None and not bool((b == 0).all())):
+                odd.append(name or type(m).__name__)
+    if odd:
+        warnings.warn(f"fit_strong freezes normalisation affine parameters; {len(odd)} layer(s) are not at weight 1 "
+                      f"and bias 0 (e.g. {odd[:3]}), so the strong ticket is found with those fixed values, unlike "
+                      "edge-popup's non-affine BatchNorm; reset them (nn.init.ones_/zeros_) for the reference setting",
+                      stacklevel=3)
