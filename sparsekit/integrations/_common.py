@@ -86,6 +86,16 @@ class SparseRun:
         self.rewirer: Any = None
         self._resume_step: int | None = None
 
+    @classmethod
+    def from_callback_args(cls, method: Any, density: float | None, seed: int, filter_fn: Any, dense: Any,
+                           rewire: Any, rewire_options: Mapping[str, Any] | None,
+                           options: dict[str, Any]) -> SparseRun:
+        """The run described by a callback's constructor arguments (``flow`` travels in ``options``)."""
+        options = dict(options)
+        flow = options.pop("flow", "repair")
+        return cls(PruneSpec(method, density, seed, filter_fn, tuple(dense), flow, options, rewire,
+                             dict(rewire_options or {})))
+
     def prepare(self, model: nn.Module) -> Ticket:
         """Prune ``model`` as the spec says, unless it already carries a ticket (which is then kept)."""
         t = ticket_of(model)

@@ -31,7 +31,7 @@ from ..attach import ticket_of
 from ..distributed import check_same_masks
 from ..errors import SparsekitError
 from ..formats.ticket_file import apply_ticket, load_ticket, save_ticket
-from ._common import TICKET_FILE, PruneSpec, SparseRun
+from ._common import TICKET_FILE, SparseRun
 
 __all__ = ["SparsekitCallback", "save_pretrained", "from_pretrained", "TICKET_FILE"]
 
@@ -53,9 +53,8 @@ class SparsekitCallback(TrainerCallback):
     def __init__(self, method: Any = "er-balanced", density: float | None = None, *, seed: int = 0,
                  filter_fn: Any = None, dense: Any = (), rewire: Any = None,
                  rewire_options: dict[str, Any] | None = None, **options: Any) -> None:
-        flow = options.pop("flow", "repair")
-        self.run = SparseRun(PruneSpec(method, density, seed, filter_fn, tuple(dense), flow, options, rewire,
-                                       rewire_options or {}))
+        self.run = SparseRun.from_callback_args(method, density, seed, filter_fn, dense, rewire, rewire_options,
+                                                options)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:

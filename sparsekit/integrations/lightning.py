@@ -29,7 +29,7 @@ from torch import nn
 from ..attach import ticket_of
 from ..distributed import check_same_masks
 from ..errors import SparsekitError
-from ._common import PruneSpec, SparseRun
+from ._common import SparseRun
 
 try:
     from lightning.pytorch import Callback
@@ -59,9 +59,8 @@ class SparsekitLightningCallback(Callback):
     def __init__(self, method: Any = "er-balanced", density: float | None = None, *, seed: int = 0,
                  filter_fn: Any = None, dense: Any = (), rewire: Any = None,
                  rewire_options: dict[str, Any] | None = None, **options: Any) -> None:
-        flow = options.pop("flow", "repair")
-        self.run = SparseRun(PruneSpec(method, density, seed, filter_fn, tuple(dense), flow, options, rewire,
-                                       rewire_options or {}))
+        self.run = SparseRun.from_callback_args(method, density, seed, filter_fn, dense, rewire, rewire_options,
+                                                options)
         self._steps_seen = 0
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
