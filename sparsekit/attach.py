@@ -23,6 +23,14 @@ inference costs nothing; ``named_parameters``, ``named_buffers`` and ``state_dic
 untouched. Masks live in a small handle attached to the Parameter and are moved to the
 parameter's device lazily, so ``model.to(device)`` just works.
 
+Copies: ``copy.deepcopy`` rebuilds Parameters without attributes or hooks, and ``torch.save(model)``
+cannot store hooks. Each owning module keeps ``{name: handle}`` in an attribute that is copied and
+pickled with it, so a copy (an EMA model, ``best = deepcopy(model)``, a model saved whole and loaded
+with ``torch.load(weights_only=False)``) has the same masks and ticket: they are installed on the
+copy's own Parameters at the next optimizer step or sparsekit call. ``module.to()`` with
+``torch.__future__.set_swap_module_params_on_conversion(True)`` swaps attributes and hooks away from
+the Parameter; the step pre-hook notices and installs them again.
+
 Sharded models (FSDP2 ``fully_shard``): the masks describe full weights; on a DTensor parameter each
 rank enforces the part of the mask on its own shard (:mod:`sparsekit._dtensor`). ``fully_shard``
 replaces the Parameters of the modules it shards; a step pre-hook notices the replacement (the
@@ -53,8 +61,15 @@ from .masks import CompactMask
 __all__ = ["attach", "finalize", "enforce_masks", "is_pruned", "masked_parameters", "mask_gradients", "ticket_of"]
 
 _ATTR = "_sparsekit_mask"
-#: model -> the Ticket whose masks ``prune`` / ``apply_ticket`` attached to it (weak keys: no leaks)
-_TICKETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: module attribute: ``{parameter name: MaskHandle}`` of the masked Parameters the module owns. It travels
+#: with ``copy.deepcopy`` and pickling (``torch.save(model)``), which drop or cannot carry hooks: the copy's
+#: masks are installed again (see :class:`_Owned`).
+_OWNED = "_sparsekit_owned"
+#: root-module attribute: the Ticket whose masks ``prune`` / ``apply_ticket`` attached (see :class:`_TicketRef`)
+_TICKET = "_sparsekit_ticket"
+#: (owner module, parameter name, handle) of masks that arrived with a copied or unpickled module and
+#: are installed on the copy's Parameters at the next optimizer step or sparsekit call on the model
+_PENDING: list = []
 #: every live handle (a handle lives as long as the modules owning its Parameter): found again when a
 #: sharding wrapper replaces the Parameter it was attached to
 _HANDLES: weakref.WeakSet = weakref.WeakSet()
@@ -83,16 +98,20 @@ class MaskHandle:
     __slots__ = ("fqn", "mask", "_copies", "_local", "param_ref", "grad_hook", "owners", "clean_for", "capture",
                  "captured", "multiply", "_mult", "__weakref__")
 
+    def __reduce__(self) -> tuple:
+        # copies and pickles carry the mask only: hooks, caches and references belong to the original
+        return _restore_handle, (self.fqn, self.mask, self.multiply)
+
     def __init__(self, fqn: str, mask: CompactMask) -> None:
         self.fqn = fqn
         self.mask = mask
         self._copies: dict[torch.device, CompactMask] = {}
         self._local: tuple[weakref.ref, CompactMask] | None = None  # (DTensor param, its shard's mask)
-        self.param_ref: weakref.ref | None = None  # the Parameter the hooks are on
+        self.param_ref: weakref.ref | None = None  # DTensor Parameters only (a weakref blocks swap_tensors)
         self.multiply = False  # mask gradients with a dense 0/1 tensor (within the dense-mask budget)
         self._mult: torch.Tensor | None = None
         self.grad_hook: RemovableHandle | None = None
-        self.owners: list[tuple[weakref.ref, str, RemovableHandle]] = []
+        self.owners: list[tuple[weakref.ref, str]] = []  # (module, name) holding the Parameter
         self.clean_for: weakref.WeakSet = weakref.WeakSet()  # optimizers whose state is clean
         self.capture = False  # keep the next dense gradient (RigL's grow score) before masking it
         self.captured: torch.Tensor | None = None
@@ -208,21 +227,23 @@ def _ensure_optimizer_hook() -> None:
 
 
 def _rebind_replaced() -> None:
-    """Move masks whose Parameter was replaced (``fully_shard``) onto the replacement; O(masks) when none was."""
+    """Keep every mask on the Parameter its module holds now; O(masks) when nothing changed.
+
+    Installs masks that arrived with a copied or unpickled module (:class:`_Owned`), and moves masks
+    whose Parameter was replaced (``fully_shard``, ``torch.utils.swap_tensors`` in ``module.to()``,
+    which also swaps the Parameter's attributes and hooks away) onto the Parameter now in place.
+    """
+    if _PENDING:
+        _adopt_pending()
     if not _HANDLES:
         return
     for h in list(_HANDLES):
-        current = h.param_ref() if h.param_ref is not None else None
-        for ref, pname, _sd in h.owners:
+        for ref, pname in h.owners:
             owner = ref()
             if owner is None:
                 continue
             p = owner._parameters.get(pname)
-            if p is current and p is not None:
-                continue
-            if getattr(p, _ATTR, None) is h:
-                h.param_ref = weakref.ref(p)
-                current = p
+            if p is not None and getattr(p, _ATTR, None) is h:
                 continue
             if p is None or tuple(p.shape) != tuple(h.mask.shape):
                 what = "removed" if p is None else f"replaced by a tensor of shape {tuple(p.shape)}"
@@ -232,11 +253,39 @@ def _rebind_replaced() -> None:
                     "sparsekit cannot follow (FSDP1 FullyShardedDataParallel flattens them). Shard with "
                     "torch.distributed.fsdp.fully_shard (FSDP2), or use DistributedDataParallel; training on "
                     "would silently lose the masks")
-            _bump()
             _install(p, h)
             if p.grad is not None:
                 h.zero_(p.grad, p)  # gradients of this step arrived before the hook was there
-            current = p
+
+
+def _adopt_pending() -> None:
+    """Install the masks of copied / unpickled modules whose state is complete (see :class:`_Owned`)."""
+    waiting = []
+    todo, _PENDING[:] = list(_PENDING), []
+    for ref, pname, h in todo:
+        owner = ref()
+        if owner is None:
+            continue
+        params = owner.__dict__.get("_parameters")
+        if params is None:  # still being rebuilt by copy / pickle
+            waiting.append((ref, pname, h))
+            continue
+        p = params.get(pname)
+        if p is None or tuple(p.shape) != tuple(h.mask.shape):
+            raise SparsekitError(
+                f"a copied or loaded module lost its masked weight {h.fqn} (found "
+                f"{'nothing' if p is None else f'shape {tuple(p.shape)}'}, the mask has shape {tuple(h.mask.shape)})")
+        if (ref, pname) not in h.owners:
+            h.owners.append((ref, pname))
+        _ensure_sd_hook(owner)
+        if p.is_meta:
+            waiting.append((ref, pname, h))
+            continue
+        if getattr(p, _ATTR, None) is not h or h.grad_hook is None:
+            _install(p, h)
+            if p.grad is not None:
+                h.zero_(p.grad, p)
+    _PENDING.extend(waiting)
 
 
 def _bump() -> None:
@@ -250,19 +299,94 @@ def _install(p: nn.Parameter, h: MaskHandle) -> None:
         h.shard_mask(p)  # unsupported placements fail here, before anything changes
         _UNCHECKED.append(h)  # compared across ranks at the next optimizer step (not here: a collective
         # inside ticket_of() called on rank 0 only would hang)
+        h.param_ref = weakref.ref(p)
     setattr(p, _ATTR, h)
-    h.param_ref = weakref.ref(p)
     _HANDLES.add(h)
     h.clean_for = weakref.WeakSet()
+    if h.grad_hook is not None:
+        h.grad_hook.remove()
+    hooks = p._post_accumulate_grad_hooks
+    if hooks is not None:
+        for key in [k for k, f in hooks.items() if f is _grad_hook]:
+            del hooks[key]
+        # assigning the dict again installs its dispatch on the tensor now behind ``p``:
+        # ``torch.utils.swap_tensors`` (``module.to()`` with swapping on) leaves it on the old one
+        p._post_accumulate_grad_hooks = hooks
     h.grad_hook = p.register_post_accumulate_grad_hook(_grad_hook) if p.requires_grad else None
     h.apply(p)
 
 
-def _make_sd_hook(pname: str, h: MaskHandle):
-    def hook(module: nn.Module, incompatible_keys: object) -> None:
-        p = getattr(module, pname, None)
+class _Owned(dict):
+    """``{parameter name: MaskHandle}`` on a module that owns masked Parameters.
+
+    ``copy.deepcopy`` rebuilds Parameters without their attributes or hooks, and pickling cannot store
+    hooks; this object is copied and pickled with the module (as its owner's state), so a copy of a
+    pruned model gets the same masks: they are installed on the copy's own Parameters at its next
+    optimizer step or sparsekit call (``is_pruned``, ``ticket_of``, ...), masking that step's gradients.
+    """
+
+    __slots__ = ("owner", "__weakref__")
+
+    def __reduce__(self) -> tuple:
+        owner = self.owner() if self.owner is not None else None
+        return _restore_owned, (owner, dict(self))
+
+
+def _restore_owned(owner: nn.Module | None, handles: dict[str, MaskHandle]) -> _Owned:
+    out = _Owned(handles)
+    out.owner = weakref.ref(owner) if owner is not None else None
+    if owner is not None:
+        _ensure_optimizer_hook()
+        _PENDING.extend((out.owner, pname, h) for pname, h in handles.items())
+    return out
+
+
+def _restore_handle(fqn: str, mask: CompactMask, multiply: bool) -> MaskHandle:
+    h = MaskHandle(fqn, mask)
+    h.multiply = multiply
+    return h
+
+
+class _TicketRef:
+    """The ticket of a pruned model, held by the model; copies share it (tickets are values)."""
+
+    __slots__ = ("ticket",)
+
+    def __init__(self, ticket: object) -> None:
+        self.ticket = ticket
+
+    def __deepcopy__(self, memo: dict) -> _TicketRef:
+        return _TicketRef(self.ticket)
+
+    def __getstate__(self) -> object:
+        return self.ticket
+
+    def __setstate__(self, ticket: object) -> None:
+        self.ticket = ticket
+
+
+def _own(owner: nn.Module, pname: str, h: MaskHandle) -> None:
+    owned = owner.__dict__.get(_OWNED)
+    if owned is None:
+        owned = owner.__dict__[_OWNED] = _Owned()
+        owned.owner = weakref.ref(owner)
+    owned[pname] = h
+    if (ref := weakref.ref(owner), pname) not in h.owners:
+        h.owners.append((ref, pname))
+    _ensure_sd_hook(owner)
+
+
+def _ensure_sd_hook(owner: nn.Module) -> None:
+    if not any(f is _sd_hook for f in owner._load_state_dict_post_hooks.values()):
+        owner.register_load_state_dict_post_hook(_sd_hook)
+
+
+def _sd_hook(module: nn.Module, incompatible_keys: object) -> None:
+    """Re-apply the masks of ``module``'s Parameters after ``load_state_dict`` (``assign=True`` included)."""
+    for pname, h in (module.__dict__.get(_OWNED) or {}).items():
+        p = module._parameters.get(pname)
         if not isinstance(p, torch.Tensor):
-            return
+            continue
         if getattr(p, _ATTR, None) is not h:  # load_state_dict(assign=True) swapped the Parameter
             if tuple(p.shape) != tuple(h.mask.shape):
                 raise SparsekitError(
@@ -271,8 +395,6 @@ def _make_sd_hook(pname: str, h: MaskHandle):
             _install(p, h)
         else:
             h.apply(p)
-
-    return hook
 
 
 def attach(model: nn.Module, masks: Mapping[str, torch.Tensor | CompactMask] | object, *,
@@ -332,8 +454,7 @@ def attach(model: nn.Module, masks: Mapping[str, torch.Tensor | CompactMask] | o
                 owner = modules[mod_name]
                 if isinstance(owner, torch.jit.ScriptModule):
                     continue  # no load_state_dict hooks on TorchScript: call enforce_masks after loading
-                sd = owner.register_load_state_dict_post_hook(_make_sd_hook(pname, h))
-                h.owners.append((weakref.ref(owner), pname, sd))
+                _own(owner, pname, h)
     return model
 
 
@@ -374,14 +495,15 @@ def is_pruned(model: nn.Module) -> bool:
 def ticket_of(model: nn.Module) -> object | None:
     """The :class:`~sparsekit.Ticket` that ``prune`` or ``apply_ticket`` attached to ``model`` (None if none).
 
-    Training functions use it to checkpoint and save the ticket of the model they train.
+    Training functions use it to checkpoint and save the ticket of the model they train. A deep copy or
+    an unpickled copy of the model has the same ticket.
     """
-    t = _TICKETS.get(model)
-    return t if t is not None and is_pruned(model) else None
+    ref = model.__dict__.get(_TICKET)
+    return ref.ticket if ref is not None and is_pruned(model) else None
 
 
 def _remember_ticket(model: nn.Module, ticket: object) -> None:
-    _TICKETS[model] = ticket
+    model.__dict__[_TICKET] = _TicketRef(ticket)
 
 
 @torch.no_grad()
@@ -429,15 +551,20 @@ def finalize(model: nn.Module) -> nn.Module:
     Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
     """
     _bump()
-    _TICKETS.pop(model, None)
+    model.__dict__.pop(_TICKET, None)
     for p in _masked(model):
         h: MaskHandle = getattr(p, _ATTR)
         h.apply(p)
         if h.grad_hook is not None:
             h.grad_hook.remove()
-        for _owner, _pname, sd in h.owners:
-            sd.remove()
+            h.grad_hook = None
         h.owners.clear()
         _HANDLES.discard(h)
         delattr(p, _ATTR)
+    for m in model.modules():
+        if m.__dict__.pop(_OWNED, None) is not None:
+            hooks = m._load_state_dict_post_hooks
+            for key in [k for k, f in hooks.items() if f is _sd_hook]:
+                del hooks[key]
+    _PENDING[:] = [e for e in _PENDING if e[0]() is not None and not any(e[0]() is m for m in model.modules())]
     return model

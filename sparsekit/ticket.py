@@ -154,6 +154,15 @@ class Ticket:
     #: set by ``prune`` (None for tickets read from files)
     coverage: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickles and copies (``torch.save(model)``, ``copy.deepcopy``) do not carry the weak model reference
+        state = dict(self.__dict__)
+        state["model_ref"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def __repr__(self) -> str:
         """One line: kind, method, densities, seed and layer counts (``ticket.report()`` has every layer)."""
         masked = len(self.compact_masks)
