@@ -56,6 +56,8 @@ RESULTS_COLUMNS = ("table", "cell", "model", "dataset", "method", "density", "so
 _FLOAT_COLUMNS = ("density", "source_density", "value", "paper_value", "paper_ci", "wall_s")
 _INT_COLUMNS = ("seed", "epochs")
 
+_METRIC_LABELS = {"test_acc": "test accuracy (%)", "repairs": "edges added by flow repair"}
+
 #: Output formats, chosen by the file's suffix.
 FORMATS = (".png", ".svg")
 
@@ -118,13 +120,13 @@ def save_figure(fig: Figure, out: str | os.PathLike, *, overwrite: bool = True) 
     return atomic_write_bytes(path, buf.getvalue(), overwrite=overwrite)
 
 
-def _read_text(path: str | os.PathLike, what: str) -> str:
+def _read_text(path: str | os.PathLike, what: str, encoding: str = "utf-8") -> str:
     p = check_regular_file(path, what)
     size = p.stat().st_size
     if size > _MAX_TEXT_BYTES:
         raise SparsekitError(f"{what} {p} is {size:,} bytes, more than the {_MAX_TEXT_BYTES:,} sparsekit reads")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding=encoding)
     except UnicodeDecodeError:
         raise SparsekitError(f"{what} {p} is not UTF-8 text") from None
 
@@ -192,7 +194,7 @@ def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         SparsekitError: a column is missing, a number does not parse, or a row has too many fields.
         FileNotFoundError: no file at ``path``.
     """
-    text = _read_text(path, "results file")
+    text = _read_text(path, "results file", encoding="utf-8-sig")  # a spreadsheet's byte-order mark is dropped
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = reader.fieldnames or []
     missing = [c for c in RESULTS_COLUMNS if c not in columns]
@@ -269,7 +271,7 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
     keys = sorted({_series_key(r) for r in done} | {_series_key(p) for p in paper_rows
                                                      if (str(p.get("model")), str(p.get("dataset") or "")) in panels})
     colour = {k: colours[i % len(colours)] for i, k in enumerate(keys)}
-    ylabel = "test accuracy (%)" if metric == "test_acc" else metric
+    ylabel = _METRIC_LABELS.get(metric, metric)
     for ax, (model, dataset) in zip(axes, panels, strict=True):
         mine = [r for r in done if (str(r["model"]), str(r.get("dataset") or "")) == (model, dataset)]
         seeds: dict[str, int] = {}
@@ -390,8 +392,8 @@ def layer_densities_figure(model: nn.Module | str, methods: Sequence[str], densi
     names = list(next(iter(profiles.values())))
     fig, (ax,) = _new_figure(1, height=_SIZE[1] + (0.8 if len(names) <= 40 else 0))
     for i, (method, dens) in enumerate(profiles.items()):
-        ax.plot(range(len(names)), [dens[n] for n in names], marker="os^vDP*X"[i % 8], markersize=4, linewidth=1.3,
-                label=method, gid=f"method:{method}")
+        ax.plot(range(len(names)), [dens[n] for n in names], marker="os^vDP*X"[i % 8],
+                markersize=4 if len(names) <= 40 else 2, linewidth=1.3, label=method, gid=f"method:{method}")
     ax.set_yscale("log")
     ax.set_ylabel("layer density (log scale)")
     ax.set_title(f"{name}: per-layer densities at global density {density:g}", fontsize=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
 import sys
 import warnings
 
@@ -40,6 +41,12 @@ def _tiny_ticket():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     return model, sparsekit.prune(model, method="er-pyramidal", density=0.03, seed=3)
+
+
+def test_importing_the_plot_modules_does_not_import_matplotlib():
+    code = ("import sys, sparsekit.plots, sparsekit.cli.plot, sparsekit.reproduce.paper_numbers; "
+            "assert 'matplotlib' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -248,6 +255,13 @@ def test_read_results_csv_types_columns(tmp_path):
     assert b["value"] is None and b["status"] == "running"
 
 
+def test_read_results_csv_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "results.csv"
+    _write_results(path, [{"table": "2", "density": "0.5"}])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert plots.read_results_csv(path)[0]["density"] == 0.5
+
+
 def test_read_results_csv_refuses_bad_files(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text("table,model,value\n2,vgg16,1\n")
@@ -288,6 +302,21 @@ def test_cli_plots_each_kind(tmp_path):
     assert "exists; pass --force" in error_line(run("plot", tmp_path / "results.csv"), 1)
     assert (tmp_path / "results.png").read_bytes() == before
     assert run("plot", tmp_path / "results.csv", "--force").exit_code == 0
+    assert "no rows of metric 'repairs'" in error_line(run("plot", tmp_path / "results.csv", "--metric", "repairs",
+                                                           "--force"), 1)
+
+
+def test_cli_plots_flow_repairs_of_tables_5_and_6(tmp_path):
+    _write_results(tmp_path / "results.csv",
+                   [{"table": "6", "cell": "c", "model": "vgg19", "dataset": "cifar100", "method": "er-erk",
+                     "density": d, "seed": 0, "metric": "repairs", "value": v} for d, v in ((0.01, 0), (0.001, 31))])
+    r = run("plot", tmp_path / "results.csv", "-o", tmp_path / "repairs.png")
+    assert r.exit_code == 0 and "repairs vs density with the paper's points" in r.output, r.output
+    paper = [p for p in paper_numbers("6") if p["method"] == "er-erk"]
+    fig = plots.accuracy_figure(plots.read_results_csv(tmp_path / "results.csv"), paper=paper, metric="repairs")
+    assert _line(fig, "paper:er-erk") == ([0.001, 0.01, 0.1, 0.2, 0.5], [30.33, 0.0, 0.0, 0.0, 0.0])
+    assert _line(fig, "ours:er-erk") == ([0.001, 0.01], [31.0, 0.0])
+    assert fig.axes[0].get_ylabel() == "edges added by flow repair"
 
 
 def test_cli_paper_overlay_is_the_papers_table(tmp_path):

@@ -44,7 +44,7 @@ def _paper_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return paper, unknown
 
 
-def plot_file(path: Path, out: Path | None = None, *, title: str | None = None,
+def plot_file(path: Path, out: Path | None = None, *, title: str | None = None, metric: str | None = None,
               force: bool = False) -> tuple[Path, str]:
     """Plot the artefact at ``path`` into ``out`` (default: ``path`` with suffix .png); returns (out, what)."""
     from .. import plots
@@ -67,14 +67,23 @@ def plot_file(path: Path, out: Path | None = None, *, title: str | None = None,
                              "ticket report (an object with 'layers' and 'totals')")
     if suffix == ".csv":
         rows = plots.read_results_csv(path)
+        metrics = sorted({str(r["metric"]) for r in rows})
+        if metric is None:
+            if "test_acc" not in metrics and len(metrics) != 1:
+                raise SparsekitError(f"{path} has the metrics {metrics}; choose one with --metric")
+            metric = "test_acc" if "test_acc" in metrics or not metrics else metrics[0]
+        elif metric not in metrics:
+            raise SparsekitError(f"{path} has no rows of metric {metric!r}; its metrics: {', '.join(metrics)}")
         paper, unknown = _paper_rows(rows)
         methods = {r["method"] for r in rows}
         paper = [p for p in paper if p["method"] in methods]  # the paper's points for the methods that were run
         if unknown:
             warnings.warn(f"no paper numbers for table(s) {', '.join(unknown)}: plotted without the paper's points",
                           stacklevel=2)
-        what = "accuracy vs density" + (" with the paper's points" if paper else "")
-        return plots.plot_accuracy_vs_density(rows, out, paper=paper, title=title, overwrite=force), what
+        paper = [p for p in paper if p["metric"] == metric]
+        what = f"{metric} vs density" + (" with the paper's points" if paper else "")
+        return plots.plot_accuracy_vs_density(rows, out, paper=paper, title=title, metric=metric,
+                                              overwrite=force), what
     raise SparsekitError(f"cannot tell what {path.name} is from its suffix {suffix or '(none)'!r}: "
                          f"sparsekit plot reads {_KINDS}")
 
@@ -84,17 +93,20 @@ def plot_file(path: Path, out: Path | None = None, *, title: str | None = None,
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The image to write, .png or .svg (default: PATH with suffix .png).")
 @click.option("--title", default=None, help="A title over an accuracy-vs-density plot.")
+@click.option("--metric", default=None,
+              help="The metric of a results.csv to plot (default: test_acc, or the only metric in the file).")
 @force_option("Replace an existing output file.")
-def plot(path: Path, out: Path | None, title: str | None, force: bool) -> None:
+def plot(path: Path, out: Path | None, title: str | None, metric: str | None, force: bool) -> None:
     """Plot PATH: a ticket (per-layer densities and flow repairs), a training history.json (loss and
-    accuracy curves) or a results.csv (accuracy vs density, the paper's numbers overlaid).
+    accuracy curves) or a results.csv (accuracy vs density, mean and 95% CI over seeds, the paper's numbers
+    overlaid; Tables 5-6: flow repairs vs density).
 
     PATH's kind comes from its suffix (.safetensors, .json, .csv) and, for .json, its content. Needs
     matplotlib (pip install sparsekit[plot]).
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        written, what = plot_file(path, out, title=title, force=force)
+        written, what = plot_file(path, out, title=title, metric=metric, force=force)
     for w in caught:
         click.echo(f"Warning: {w.message}", err=True)
     click.echo(f"wrote {written} ({what})")
