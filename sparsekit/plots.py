@@ -483,6 +483,8 @@ def ticket_figure(ticket_or_path: Ticket | str | os.PathLike) -> Figure:
         top.set_ylabel("layer density (log scale)")
     else:
         top.set_ylabel("layer density")
+        top.set_ylim(0, min(1.05, 1.15 * max(positive or [1.0])))
+        top.ticklabel_format(axis="y", useOffset=False, style="plain")
     top.grid(True, which="both", alpha=0.3)
     top.legend(fontsize=8)
     edges = [r["edges_added"] for r in rows]
@@ -493,12 +495,17 @@ def ticket_figure(ticket_or_path: Ticket | str | os.PathLike) -> Figure:
     note = (f"flow={flow}: {sum(edges):,} edges added, {corrected} (layer, direction) pairs repaired"
             if flow else "no flow repair (flow=None)")
     bottom.set_title(note, fontsize=9)
+    if not any(edges):
+        bottom.set_ylim(0, 1)
+        bottom.yaxis.set_major_locator(_matplotlib().ticker.MaxNLocator(integer=True))
+        bottom.text(0.5, 0.5, "no edges added in any layer", transform=bottom.transAxes, ha="center", va="center",
+                    color="0.4")
     bottom.grid(True, axis="y", alpha=0.3)
     _layer_axis(bottom, names)
     density = info.get("density")
     head = f"{info.get('kind') or ''} ticket {info.get('method') or ''}".strip()
     if isinstance(density, (int, float)):
-        head += f", density {density:g}"
+        head += f", density {density:.4g}"
     if info.get("seed") is not None:
         head += f", seed {info['seed']}"
     top.set_title(head, fontsize=10)

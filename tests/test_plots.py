@@ -175,6 +175,14 @@ def test_ticket_figure_from_ticket_file_and_report_agree(tmp_path):
     assert out.read_bytes().startswith(PNG)
 
 
+def test_ticket_figure_says_when_nothing_was_repaired():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    fig = plots.ticket_figure(sparsekit.prune(model, method="er-erk", density=0.5, flow=None))
+    assert fig.axes[1].get_title() == "no flow repair (flow=None)"
+    assert [t.get_text() for t in fig.axes[1].texts] == ["no edges added in any layer"]
+    assert fig.axes[0].get_yscale() == "linear" and fig.axes[0].get_ylim()[0] == 0
+
+
 def test_ticket_figure_refuses_bad_files(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
