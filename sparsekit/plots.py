@@ -236,6 +236,22 @@ def _float_or_none(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _last_per_seed(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """One row per (model, dataset, series, density, seed): a seed listed twice (a rerun cell) counts once, the
+    later row wins, with a warning. Rows without a seed are all kept."""
+    last: dict[tuple[Any, ...], int] = {}
+    for i, r in enumerate(rows):
+        if r.get("seed") in (None, ""):
+            last[("row", i)] = i
+        else:
+            last[(str(r["model"]), str(r.get("dataset") or ""), _series_key(r), float(r["density"]),
+                  str(r["seed"]))] = i
+    if len(last) < len(rows):
+        warnings.warn(f"{len(rows) - len(last)} rows repeat a (method, density, seed) of an earlier row; the later "
+                      "row is plotted", stacklevel=3)
+    return [rows[i] for i in sorted(last.values())]
+
+
 def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mapping[str, Any]] | None = None,
                     title: str | None = None, metric: str = "test_acc") -> Figure:
     """The figure of :func:`plot_accuracy_vs_density` (not written to a file)."""
@@ -253,6 +269,7 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
                       "plotted", stacklevel=2)
     if not done:
         raise SparsekitError(f"none of the {len(rows)} rows has a value yet: nothing to plot")
+    done = _last_per_seed(done)
     bad = [r for r in done if not (_float_or_none(r["density"]) or 0) > 0]
     if bad:
         raise SparsekitError(f"density {bad[0]['density']!r} of {_series_key(bad[0])} is not a positive number "
