@@ -269,11 +269,17 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
                       "plotted", stacklevel=2)
     if not done:
         raise SparsekitError(f"none of the {len(rows)} rows has a value yet: nothing to plot")
-    done = _last_per_seed(done)
-    bad = [r for r in done if not (_float_or_none(r["density"]) or 0) > 0]
+    no_density = [r for r in done if _float_or_none(r["density"]) is None]
+    if no_density:
+        warnings.warn(f"{len(no_density)} rows have no density (e.g. {_series_key(no_density[0])}); they are not "
+                      "plotted", stacklevel=2)
+        done = [r for r in done if _float_or_none(r["density"]) is not None]
+        if not done:
+            raise SparsekitError("no row has a density: nothing to plot against density")
+    bad = [r for r in done if not 0 < float(r["density"]) <= 1]
     if bad:
-        raise SparsekitError(f"density {bad[0]['density']!r} of {_series_key(bad[0])} is not a positive number "
-                             "(a log axis needs densities in (0, 1])")
+        raise SparsekitError(f"density {bad[0]['density']!r} of {_series_key(bad[0])} is outside (0, 1]")
+    done = _last_per_seed(done)
     panels = sorted({(str(r["model"]), str(r.get("dataset") or "")) for r in done})
     paper_rows = [p for p in (paper or ()) if p.get("metric", metric) == metric
                   and _float_or_none(p.get("value")) is not None]

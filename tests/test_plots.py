@@ -102,8 +102,13 @@ def test_accuracy_figure_names_what_it_leaves_out_and_refuses_bad_rows():
         plots.accuracy_figure(rows[1:])
     with pytest.raises(SparsekitError, match="no rows with metric 'test_acc'"):
         plots.accuracy_figure([{**rows[0], "metric": "repairs"}])
-    with pytest.raises(SparsekitError, match="density 0.0 of er-erk is not a positive number"):
+    with pytest.raises(SparsekitError, match=r"density 0.0 of er-erk is outside \(0, 1\]"):
         plots.accuracy_figure([{**rows[0], "density": 0.0}])
+    with pytest.raises(SparsekitError, match="density 1.5 of er-erk is outside"):
+        plots.accuracy_figure([{**rows[0], "density": 1.5}])
+    with pytest.warns(UserWarning, match="1 rows have no density"):
+        fig = plots.accuracy_figure([rows[0], {**rows[0], "density": None, "method": "dense"}])
+    assert [ln.get_gid() for ln in fig.axes[0].get_lines() if ln.get_gid()] == ["ours:er-erk"]
     with pytest.raises(SparsekitError, match="has no 'density'"):
         plots.accuracy_figure([{k: v for k, v in rows[0].items() if k != "density"}])
     with pytest.warns(UserWarning, match="1 rows repeat a"):
