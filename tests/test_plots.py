@@ -12,6 +12,8 @@ import warnings
 import pytest
 import torch
 from cli_helpers import error_line, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 pytest.importorskip("matplotlib")
@@ -89,6 +91,16 @@ def test_accuracy_figure_plots_mean_and_ci_over_seeds_and_the_paper_points():
                       (0.1, pytest.approx(93 - half2), pytest.approx(93 + half2))]]
     assert [c.get_gid() for c in ax.collections if (c.get_gid() or "").startswith("ci:paper")] == []  # no ± in Table 2
     assert "ours: mean ± 95% CI (3 seeds)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.dictionaries(st.sampled_from([0.001, 0.005, 0.01, 0.1, 0.5, 1.0]),
+                       st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=4), min_size=1, max_size=4))
+def test_accuracy_figure_plots_the_mean_of_every_density(per_density):
+    fig = plots.accuracy_figure(_results({("er-balanced", d): vs for d, vs in per_density.items()}))
+    xs, ys = _line(fig, "ours:er-balanced")
+    assert xs == sorted(per_density)
+    assert ys == pytest.approx([sum(per_density[x]) / len(per_density[x]) for x in xs], abs=1e-9)
 
 
 def test_accuracy_figure_names_what_it_leaves_out_and_refuses_bad_rows():
