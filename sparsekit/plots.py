@@ -252,6 +252,13 @@ def _last_per_seed(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [rows[i] for i in sorted(last.values())]
 
 
+def _keys(done: list[Mapping[str, Any]], paper_rows: list[Mapping[str, Any]],
+          panels: list[tuple[str, str]]) -> list[str]:
+    """The legend labels of all series, ours and the paper's (for the plotted panels), sorted."""
+    return sorted({_series_key(r) for r in done} | {_series_key(p) for p in paper_rows
+                                                    if (str(p.get("model")), str(p.get("dataset") or "")) in panels})
+
+
 def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mapping[str, Any]] | None = None,
                     title: str | None = None, metric: str = "test_acc") -> Figure:
     """The figure of :func:`plot_accuracy_vs_density` (not written to a file)."""
@@ -290,9 +297,8 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
     fig, axes = _new_figure(len(panels), height=_SIZE[1] * (1 if len(panels) == 1 else 0.75 * len(panels)),
                             width=_SIZE[0] + 2.2)
     mpl = _matplotlib()
-    colours = mpl.colormaps["tab10"].colors
-    keys = sorted({_series_key(r) for r in done} | {_series_key(p) for p in paper_rows
-                                                     if (str(p.get("model")), str(p.get("dataset") or "")) in panels})
+    keys = _keys(done, paper_rows, panels)
+    colours = mpl.colormaps["tab10" if len(keys) <= 10 else "tab20"].colors
     colour = {k: colours[i % len(colours)] for i, k in enumerate(keys)}
     ylabel = _METRIC_LABELS.get(metric, metric)
     for ax, (model, dataset) in zip(axes, panels, strict=True):
@@ -313,8 +319,13 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
             _tag(bars, f"ours:{key}")
         theirs = [p for p in paper_rows if (str(p.get("model")), str(p.get("dataset") or "")) == (model, dataset)]
         for key in sorted({_series_key(p) for p in theirs}):
-            pts = sorted((float(p["density"]), float(p["value"]), _float_or_none(p.get("ci")))
-                         for p in theirs if _series_key(p) == key)
+            at: dict[float, tuple[float, float | None]] = {}
+            for p in theirs:  # one point per density: the same cell in two tables (2 and 9) is drawn once,
+                if _series_key(p) == key:  # from the table that prints its ± (the appendix one)
+                    d, v, c = float(p["density"]), float(p["value"]), _float_or_none(p.get("ci"))
+                    if d not in at or (at[d][1] is None and c is not None):
+                        at[d] = (v, c)
+            pts = sorted((d, v, c) for d, (v, c) in at.items())
             xs, ys, cis = [x for x, _, _ in pts], [y for _, y, _ in pts], [c or 0.0 for _, _, c in pts]
             bars = ax.errorbar(xs, ys, yerr=cis if any(cis) else None, color=colour[key], marker="D", markersize=6,
                                markerfacecolor="none", linestyle=":", linewidth=1, capsize=3, label=f"{key} (paper)")

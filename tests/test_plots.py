@@ -80,6 +80,10 @@ def test_accuracy_figure_plots_mean_and_ci_over_seeds_and_the_paper_points():
     assert _line(fig, "ours:er-erk") == ([0.01], pytest.approx([88.1666666]))
     px, py = _line(fig, "paper:er-balanced")
     assert px == [0.001, 0.005, 0.01, 0.1] and py == [68.7, 85.9, 89.3, 93.2]  # Table 2, sparsity 0.999 .. 0.9
+    both = [p for p in paper_numbers("2") + paper_numbers("9") if p["method"] == "er-balanced"]
+    fig9 = plots.accuracy_figure(_results(values), paper=both)
+    # once per density: the cell with a ± wins (Table 9), else the first (0.999: neither prints one, Table 2 is first)
+    assert _line(fig9, "paper:er-balanced")[1] == [68.7, 85.92, 89.31, 93.22]
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "test accuracy (%)"
     # the error bar of er-balanced at 0.01 spans mean ± t(0.975, 2) * sd / sqrt(3)
