@@ -12,6 +12,7 @@ from torch import nn
 
 from . import __version__
 from ._registry import Method
+from ._wrappers import unwrap
 from .attach import _remember_ticket, attach, is_pruned
 from .coverage import model_coverage
 from .densities import (
@@ -106,6 +107,7 @@ def prune(
     t0 = time.perf_counter()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap(model)  # torch.compile / DDP wrappers: the same names, so the same masks
     if not isinstance(density, MethodDefault):
         density = validate_density(density)
     seed = validate_seed(seed)

@@ -55,6 +55,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from torch.utils.hooks import RemovableHandle
 
 from ._dtensor import is_dtensor, local_mask, local_tensor
+from ._wrappers import unwrap
 from .errors import SparsekitError
 from .masks import CompactMask
 
@@ -413,6 +414,7 @@ def attach(model: nn.Module, masks: Mapping[str, torch.Tensor | CompactMask] | o
             costs dominate small layers); layers get one smallest first while the budget lasts, the
             rest use their compact masks. 0 turns it off; 1 gives every layer one.
     """
+    model = unwrap(model)
     budget = DENSE_MASK_BUDGET if dense_mask_budget is None else dense_mask_budget
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget <= 1:
         raise ValueError(f"dense_mask_budget must be a fraction in [0, 1], got {dense_mask_budget!r}")
@@ -476,7 +478,7 @@ def _within_budget(params: list[tuple[str, torch.Tensor]], budget: float) -> set
 def masked_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, torch.Tensor]]:
     """``(fqn, parameter, bool mask)`` for every parameter of ``model`` that carries a mask."""
     _rebind_replaced()
-    for name, p in model.named_parameters():
+    for name, p in unwrap(model).named_parameters():
         h = getattr(p, _ATTR, None)
         if h is not None:
             yield name, p, h.mask.bool()
@@ -498,12 +500,12 @@ def ticket_of(model: nn.Module) -> object | None:
     Training functions use it to checkpoint and save the ticket of the model they train. A deep copy or
     an unpickled copy of the model has the same ticket.
     """
-    ref = model.__dict__.get(_TICKET)
+    ref = unwrap(model).__dict__.get(_TICKET)
     return ref.ticket if ref is not None and is_pruned(model) else None
 
 
 def _remember_ticket(model: nn.Module, ticket: object) -> None:
-    model.__dict__[_TICKET] = _TicketRef(ticket)
+    unwrap(model).__dict__[_TICKET] = _TicketRef(ticket)
 
 
 @torch.no_grad()
@@ -551,7 +553,7 @@ def finalize(model: nn.Module) -> nn.Module:
     Afterwards the model is a plain module: no hooks, no extra attributes, same state_dict keys.
     """
     _bump()
-    model.__dict__.pop(_TICKET, None)
+    unwrap(model).__dict__.pop(_TICKET, None)
     for p in _masked(model):
         h: MaskHandle = getattr(p, _ATTR)
         h.apply(p)

@@ -334,6 +334,9 @@ def layer_densities(
     method (e.g. ``redistribute=False`` for er-balanced), and so do its inputs (``data=`` for
     er-snip, ``ticket=`` for er-from).
     """
+    from ._wrappers import unwrap
+
+    model = unwrap(model)  # torch.compile / DDP wrappers: the names prune uses
     m, inputs = split_inputs(method, dict(options), model)
     layers = prunable_layers(model, filter_fn)
     if isinstance(density, MethodDefault):

@@ -536,6 +536,9 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
         UnsupportedLayerError: a selected module of unknown type has a weight with 2+ dimensions, or
             a parametrization cannot be masked.
     """
+    from ._wrappers import unwrap
+
+    model = unwrap(model)  # torch.compile / DDP wrappers name weights like the module inside
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     keep = filter_fn or default_filter

@@ -532,6 +532,10 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu",
         TicketError: anything wrong with the file, or it asks for more than the bound above.
     """
     h = read_ticket_metadata(path)
+    if isinstance(model, nn.Module):
+        from .._wrappers import unwrap
+
+        model = unwrap(model)
     _check_bounds(h, model, max_elements)
     raw = _read_tensors(h.path, h.table, h.offset)
     masks: dict[str, CompactMask] = {}
@@ -649,8 +653,10 @@ def apply_ticket(model: nn.Module, ticket: Ticket | str | os.PathLike, *, strict
     module types and the same parameter set as the model the ticket was saved from); on any
     mismatch a :class:`TicketError` names the layers and the model is not changed.
     """
+    from .._wrappers import unwrap
     from ..attach import _remember_ticket, attach, is_pruned
 
+    model = unwrap(model)  # torch.compile / DDP wrappers: names of the module inside
     if not isinstance(ticket, Ticket):
         ticket = load_ticket(ticket, model=model)  # shapes checked against the model before any mask is built
     names = [r.fqn for r in ticket.layers]

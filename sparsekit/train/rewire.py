@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .._dtensor import is_dtensor
+from .._wrappers import unwrap
 from ..attach import _ATTR, is_pruned, replace_mask, ticket_of
 from ..errors import SparsekitError
 from ..flow import dead_units
@@ -154,6 +155,7 @@ class Rewirer:
                  total_steps: int, update_every: int = 100, drop_fraction: float = 0.5,
                  drop_schedule: str = "cosine", stop_at: float = 0.75, final_density: float | None = None,
                  flow: bool = True, seed: int = 0) -> None:
+        model = unwrap(model)  # DDP / torch.compile wrappers: the ticket names weights like the module inside
         if not is_pruned(model):
             raise SparsekitError("Rewirer needs a pruned model: call sparsekit.prune(model, ...) first")
         sharded = [n for n, p in model.named_parameters() if is_dtensor(p)]
