@@ -245,6 +245,10 @@ def _rebind_replaced() -> None:
                 continue
             p = owner._parameters.get(pname)
             if p is not None and getattr(p, _ATTR, None) is h:
+                if h.grad_hook is None and p.requires_grad:  # pruned while frozen, unfrozen since
+                    _install(p, h)
+                    if p.grad is not None:
+                        h.zero_grad_(p.grad, p)
                 continue
             if p is None or tuple(p.shape) != tuple(h.mask.shape):
                 what = "removed" if p is None else f"replaced by a tensor of shape {tuple(p.shape)}"

@@ -134,3 +134,19 @@ def test_copy_then_rewire(how):
         rw.step()
     for fqn, w, mask in sparsekit.masked_parameters(c):
         assert not bool((w.detach()[~mask] != 0).any()), fqn
+
+
+def test_pruned_frozen_then_unfrozen_masks_gradients():
+    m = _model()
+    m.requires_grad_(False)
+    t = sparsekit.prune(m, "er-balanced", 0.1, seed=0)
+    m.requires_grad_(True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    for i in range(3):
+        opt.zero_grad()
+        m(torch.randn(8, 20, generator=torch.Generator().manual_seed(i))).pow(2).mean().backward()
+        if i > 0:  # the first step's pre-hook installs the gradient hook (and masks that step's gradients)
+            for fqn, mask in t.masks.items():
+                assert not bool((m.get_parameter(fqn).grad[~mask] != 0).any()), fqn
+        opt.step()
+    _assert_masks_hold(m, t)
