@@ -308,8 +308,6 @@ def _install(p: nn.Parameter, h: MaskHandle) -> None:
     setattr(p, _ATTR, h)
     _HANDLES.add(h)
     h.clean_for = weakref.WeakSet()
-    if h.grad_hook is not None:
-        h.grad_hook.remove()
     hooks = p._post_accumulate_grad_hooks
     if hooks is not None:
         for key in [k for k, f in hooks.items() if f is _grad_hook]:

@@ -150,3 +150,21 @@ def test_pruned_frozen_then_unfrozen_masks_gradients():
                 assert not bool((m.get_parameter(fqn).grad[~mask] != 0).any()), fqn
         opt.step()
     _assert_masks_hold(m, t)
+
+
+def test_tied_weights_load_state_dict_assign():
+    tied = nn.Sequential(nn.Linear(8, 8, bias=False), nn.ReLU(), nn.Linear(8, 8, bias=False))
+    tied[2].weight = tied[0].weight
+    t = sparsekit.prune(tied, "er-uniform", 0.5, seed=1, flow=None)
+    mask = next(iter(t.masks.values()))
+    sd = {"0.weight": torch.randn(8, 8), "2.weight": torch.randn(8, 8)}
+    tied.load_state_dict(sd, assign=True)  # torch's assign gives each module its own new Parameter
+    opt = torch.optim.SGD(tied.parameters(), lr=0.1, momentum=0.9)
+    for i in range(2):
+        opt.zero_grad()
+        tied(torch.randn(4, 8, generator=torch.Generator().manual_seed(i))).pow(2).sum().backward()
+        for w in (tied[0].weight, tied[2].weight):
+            assert not bool((w.grad[~mask] != 0).any())
+        opt.step()
+    for w in (tied[0].weight, tied[2].weight):
+        assert not bool((w.detach()[~mask] != 0).any())
