@@ -314,3 +314,22 @@ def test_scale_fan_uses_the_final_tickets_fan_in_not_the_er_sources():
     r = old.layers[0]
     w = model.get_parameter(r.fqn)
     assert w[old.masks[r.fqn]].abs().unique().item() == pytest.approx(math.sqrt(2 / 16), rel=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=200), st.data())
+def test_topk_mask_matches_reference_with_any_hint(values, data):
+    """The top k by value, ties at the threshold to the lowest indices, whatever hint and band width:
+    the hint/band fast paths must give exactly the full selection's answer."""
+    from sparsekit.train.strong import topk_mask
+
+    a = torch.tensor(values, dtype=torch.float32) / 4  # few distinct values: many ties
+    n = a.numel()
+    k = data.draw(st.integers(0, n))
+    hint = data.draw(st.one_of(st.none(), st.integers(-1, 14).map(lambda v: v / 4 + 0.05 * (v % 3))))
+    width = data.draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 5.0]))
+    m, _thr = topk_mask(a.clone(), k, hint, width)
+    order = sorted(range(n), key=lambda i: (-values[i], i))[:k]
+    want = torch.zeros(n, dtype=torch.bool)
+    want[order] = True
+    assert torch.equal(m, want)

@@ -83,7 +83,7 @@ from ..densities import layer_densities
 from ..errors import SparsekitError
 from ..init import INIT_SCHEMES, fan_in, init_weight, uniform_from_stream
 from ..layers import LayerLayout, find_layers
-from ..masks import CompactMask
+from ..masks import CompactMask, flat_nonzero
 from ..rng import stream_key
 from ..ticket import LayerRecord, Ticket
 from .engine import Algorithm, History, TrainConfig, run
@@ -108,15 +108,28 @@ def level_counts(source_nnz: int, final_k: int, levels: int) -> list[int]:
     return counts
 
 
+def _topk_full(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+    n = scores.numel()
+    thr = float(torch.kthvalue(scores, n - k + 1).values)
+    m = scores > thr
+    missing = k - int(torch.count_nonzero(m))
+    if missing > 0:  # ties at the threshold: take the first ``missing`` of them
+        ties = torch.nonzero(scores == thr).flatten()[:missing]
+        m[ties] = True
+    return m, thr
+
+
 def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = None,
               width: float = 0.0) -> tuple[torch.Tensor, float]:
     """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
 
-    ``hint`` is a previous threshold. If exactly ``k`` entries reach it, they are the answer. Else, with
-    ``width > 0``, the k-th largest is searched only inside the band ``[hint - width, hint + width]``
-    when counting shows it lies there (two comparison passes and a selection over the few entries of
-    the band); otherwise a full selection runs. Always exact: ties at the threshold keep the lowest
-    indices, so the mask has exactly ``k`` entries.
+    ``hint`` is a previous threshold. If exactly ``k`` entries reach it, they are the answer (one
+    comparison pass). Else, with ``width > 0``, the k-th largest is searched only among the entries
+    between ``hint`` and ``hint ± width`` (on the side counting says it moved to) when the counts show
+    it lies there: a second comparison pass, the band's few indices (word-level scan of a sparse bool
+    tensor), a selection over the band, and a scatter of the chosen band entries into the mask of
+    the entries beyond the band. Otherwise a full selection runs. Always exact: ties at the threshold
+    keep the lowest indices, so the mask has exactly ``k`` entries.
 
     Thresholds are Python floats: comparing a tensor with a Python number and counting with
     ``count_nonzero`` are several times faster on the CPU than comparing with a 0-dim tensor and
@@ -127,29 +140,35 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
         return torch.ones(n, dtype=torch.bool, device=scores.device), float(scores.min()) if n else 0.0
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=scores.device), float(scores.max()) + 1.0
-    thr = None
-    if hint is not None:
-        hint = float(hint)
-        m = scores >= hint
-        c = int(torch.count_nonzero(m))
-        if c == k:
-            return m, hint
-        if width > 0:
-            lo, hi = hint - width, hint + width
-            above = int(torch.count_nonzero(scores > hi))
-            band_sel = (scores >= lo) & (scores <= hi)
-            band = scores[band_sel]
-            need = k - above  # how many of the band's largest entries complete the top k
-            if 0 < need <= band.numel():
-                thr = float(torch.kthvalue(band, band.numel() - need + 1).values)
-    if thr is None:
-        thr = float(torch.kthvalue(scores, n - k + 1).values)
-    m = scores > thr
-    missing = k - int(torch.count_nonzero(m))
-    if missing > 0:  # ties at the threshold: take the first ``missing`` of them
-        ties = torch.nonzero(scores == thr).flatten()[:missing]
-        m[ties] = True
-    return m, thr
+    if hint is None:
+        return _topk_full(scores, k)
+    hint = float(hint)
+    m = scores >= hint
+    c = int(torch.count_nonzero(m))
+    if c == k:
+        return m, hint
+    if width <= 0:
+        return _topk_full(scores, k)
+    if c > k:  # the k-th largest rose: it is in [hint, hint + width] if fewer than k entries exceed that
+        base = scores > hint + width
+        above = int(torch.count_nonzero(base))
+        if above >= k:
+            return _topk_full(scores, k)
+        idx = flat_nonzero(m ^ base)  # the band [hint, hint + width] (base lies inside m), ascending
+    else:  # it fell: it is in [hint - width, hint) if enough entries are there
+        base, above = m, c
+        idx = flat_nonzero((scores >= hint - width) ^ m)
+    need = k - above
+    if idx.numel() < need:
+        return _topk_full(scores, k)
+    vals = scores[idx]
+    thr = float(torch.kthvalue(vals, idx.numel() - need + 1).values)
+    pick = vals > thr
+    missing = need - int(torch.count_nonzero(pick))
+    if missing > 0:  # ties at the threshold, all inside the band: the lowest indices
+        pick[torch.nonzero(vals == thr).flatten()[:missing]] = True
+    base[idx[pick]] = True
+    return base, thr
 
 
 class _GetSubnet(torch.autograd.Function):
