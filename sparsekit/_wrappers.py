@@ -9,17 +9,17 @@ on the module inside these wrappers; the masks live on the Parameters, which wra
 
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 __all__ = ["unwrap"]
 
 
 def _compiled_type() -> type | None:
-    try:
-        from torch._dynamo.eval_frame import OptimizedModule
-    except Exception:  # noqa: BLE001 - torch builds without dynamo
-        return None
-    return OptimizedModule
+    # a compiled model means dynamo is loaded; importing it here would cost ~100 MiB and a second
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return getattr(eval_frame, "OptimizedModule", None)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
