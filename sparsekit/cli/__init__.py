@@ -43,6 +43,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "onnx-check": ("sparsekit.cli.export", "onnx_check"),
     "theory": ("sparsekit.cli.theory", "theory"),
     "sparsity": ("sparsekit.cli.sparsity", "sparsity"),
+    "reproduce": ("sparsekit.cli.reproduce", "reproduce"),
 }
 
 
