@@ -332,7 +332,7 @@ def get_table(name: str | int) -> Table:
     """
     key = str(name).strip().lower().removeprefix("table").strip().lstrip("a")
     if key not in TABLES:
-        raise SparsekitError(f"unknown table {name!r}: the paper's experimental tables are "
+        raise SparsekitError(f"unknown table '{name}': the paper's experimental tables are "
                              f"{', '.join(sorted(TABLES, key=int))} (see 'sparsekit reproduce --list')")
     return TABLES[key]
 
