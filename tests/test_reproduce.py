@@ -225,6 +225,10 @@ def test_tiny_strong_rewire_and_imp_cells_run(tmp_path, number, kw):
     assert res.complete and res.ran >= 1
     for r in res.rows:
         assert 0 <= r["value"] <= 100 and (tmp_path / "o" / r["ticket"]).is_file()
+    # a job killed after its last checkpoint but before result.json: the rerun resumes it to the same value
+    (tmp_path / "o" / res.rows[0]["history"]).parent.joinpath("result.json").unlink()
+    again = run(number, out=tmp_path / "o", scale="tiny", seeds=1, epochs=1, plots=False, **kw)
+    assert again.ran == 1 and [r["value"] for r in again.rows] == [r["value"] for r in res.rows]
 
 
 def test_busy_cell_is_left_to_the_process_holding_its_lock(tmp_path):
@@ -290,3 +294,83 @@ def test_cli_reproduce_runs_lists_and_reports_mistakes_in_one_line(tmp_path):
                                                 out), 1)
     assert "give --out" in error_line(cli("reproduce", "2", "--scale", "tiny"), 1)
     assert "give a TABLE" in error_line(cli("reproduce", "--out", out), 1)
+
+
+def test_parallel_workers_and_torchrun_ranks_give_the_sequential_results(tmp_path, monkeypatch):
+    kw = dict(scale="tiny", densities=[0.5], methods=["er-erk", "er-pyramidal"], seeds=1, plots=False)
+    run(5, out=tmp_path / "seq", **kw)
+    expected = _without_wall(_rows(tmp_path / "seq" / "results.csv"))
+    res = run(5, out=tmp_path / "par", jobs=2, **kw)
+    assert res.ran == 2 and _without_wall(_rows(tmp_path / "par" / "results.csv")) == expected
+    # torchrun: rank r of w takes jobs r::w and trains alone; the last rank to finish writes the full files
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    res0 = run(5, out=tmp_path / "tr", **kw)
+    assert res0.ran == 1 and [r["status"] for r in res0.rows] == ["done", "pending"]
+    monkeypatch.setenv("RANK", "1")
+    res1 = run(5, out=tmp_path / "tr", **kw)
+    assert res1.ran == 1 and res1.complete
+    assert os.environ["WORLD_SIZE"] == "2"  # restored after the engine ran single-process
+    assert _without_wall(_rows(tmp_path / "tr" / "results.csv")) == expected
+
+
+def test_paper_numbers_and_plots_are_wired_in_when_present(tmp_path, monkeypatch):
+    """With part B's modules installed the summary compares with the paper and plots/ is drawn; here both are
+    stand-ins that record their calls (the real ones live in sparsekit/plots.py and reproduce/paper_numbers.py)."""
+    import types
+
+    assert sparsekit.reproduce.run is run  # lazily imported attribute
+    calls: list[str] = []
+    paper = types.ModuleType("sparsekit.reproduce.paper_numbers")
+    paper.paper_numbers = lambda table: [  # type: ignore[attr-defined]
+        {"table": table, "model": "vgg16", "dataset": "cifar10", "method": "er-balanced", "density": 0.1,
+         "source_density": None, "metric": "test_acc", "value": 93.22, "ci": 0.28, "ref": "Table 9, balanced, 0.9"}]
+    plots = types.ModuleType("sparsekit.plots")
+
+    def writer(name):
+        def fn(*args, **kwargs):
+            calls.append(name)
+            out = Path(args[1] if name != "layer_densities" else args[3])
+            out.write_bytes(b"\x89PNG fake")
+            if name == "history":
+                raise RuntimeError("boom")  # a failing plot is reported, the results stay
+            return out
+        return fn
+
+    for name in ("accuracy_vs_density", "layer_densities", "ticket", "history"):
+        setattr(plots, f"plot_{name}", writer(name))
+    monkeypatch.setitem(sys.modules, "sparsekit.reproduce.paper_numbers", paper)
+    monkeypatch.setitem(sys.modules, "sparsekit.plots", plots)
+    out = tmp_path / "p"
+    res = run(2, out=out, scale="tiny", methods=["er-balanced"], densities=[0.1], seeds=2, epochs=1)
+    rows = _rows(out / "results.csv")
+    assert all(r["paper_value"] == "93.22" and r["paper_ci"] == "0.28" for r in rows)
+    summary = (out / "summary.md").read_text()
+    m = sum(r["value"] for r in res.rows) / 2
+    assert f"(paper 93.22 ± 0.28, diff {m - 93.22:+.2f}) n=2" in summary
+    assert {"accuracy_vs_density", "layer_densities", "history"} <= set(calls)
+    assert (out / "plots" / "table2_accuracy.png").is_file()
+    assert "plots: history vgg16-er-balanced-d0.1 failed (RuntimeError: boom)" in summary
+
+
+def test_a_failing_cell_is_named_and_retried(tmp_path, monkeypatch):
+    real = runner_mod._execute
+
+    def flaky(ctx, job, folder):
+        if job.seed == 1:
+            raise RuntimeError("out of memory")
+        return real(ctx, job, folder)
+
+    monkeypatch.setattr(runner_mod, "_execute", flaky)
+    out = tmp_path / "f"
+    args = ["reproduce", "5", "--scale", "tiny", "--densities", "0.5", "--methods", "er-erk", "--out", out,
+            "--no-plots"]
+    line = error_line(cli(*args), 1)
+    assert "1 cell-seed(s) failed (resnet50-er-erk-d0.5 seed 1)" in line
+    rows = _rows(out / "results.csv")
+    assert [r["status"] for r in rows] == ["done", "failed"] and "out of memory" in rows[1]["error"]
+    assert "resnet50-er-erk-d0.5 seed 1: RuntimeError: out of memory" in (out / "summary.md").read_text()
+    monkeypatch.setattr(runner_mod, "_execute", real)
+    r = cli(*args)
+    assert r.exit_code == 0 and "(1 run now, 1 already finished" in r.output

@@ -89,6 +89,11 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def describe(self) -> str:
+        """The settings this recipe's trainer uses, as ``key=value`` text (for summaries)."""
+        keys = _RECIPE_FIELDS[self.trainer]
+        return ", ".join(f"{k}={getattr(self, k)}" for k in keys)
+
     def train_epochs(self) -> int:
         """Epochs of training one cell costs (for the GPU-hour estimate)."""
         if self.trainer == "flow":
@@ -97,6 +102,15 @@ class Recipe:
             return self.levels * self.epochs_per_level
         return self.epochs
 
+
+_OPT = ("optimizer", "lr", "momentum", "weight_decay", "batch_size", "schedule")
+_RECIPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "weak": ("epochs", *_OPT, "flow"),
+    "strong": ("levels", "epochs_per_level", "source_method", *_OPT, "flow"),
+    "rewire": ("epochs", *_OPT, "update_every", "drop_fraction", "flow"),
+    "imp": ("imp_rounds", "imp_epochs_per_round", "epochs", *_OPT),
+    "flow": ("flow",),
+}
 
 WEAK = Recipe("weak")
 STRONG = Recipe("strong", schedule="cosine", epochs=500)

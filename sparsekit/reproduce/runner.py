@@ -627,11 +627,10 @@ def write_outputs(ctx: _Context, jobs: Sequence[Job], *, plots: bool = True) -> 
         rows, matched = _collect(ctx, jobs, paper)
         atomic_write_text(ctx.out / "results.csv", _csv_text(rows))
         notes = [f"data: {ctx.data.name} ({len(ctx.data.train)} train / "
-                 f"{len(ctx.data.test) if ctx.data.test is not None else 0} test samples)"]
+                 f"{len(ctx.data.test) if ctx.data.test is not None else 0} test samples; augmentation: the "
+                 "loader's standard, random crop + flip for CIFAR/Tiny-ImageNet, none for digits/synthetic)"]
         for trainer, recipe in ctx.table.recipes.items():
-            d = recipe.to_dict()
-            d.pop("trainer")
-            notes.append(f"recipe {trainer}: " + ", ".join(f"{k}={v}" for k, v in d.items()))
+            notes.append(f"recipe {trainer}: {recipe.describe()}")
         if plots and any(r["status"] == "done" for r in rows):
             notes += _plots(ctx, rows, paper)
         text = render_summary(ctx.table, rows, paper_rows={f"{j.model}-{j.cell.cell_id}": matched[j.cell_id]
