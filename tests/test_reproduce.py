@@ -293,6 +293,11 @@ def test_cli_reproduce_runs_lists_and_reports_mistakes_in_one_line(tmp_path):
     assert "--densities: 'x'" in error_line(cli("reproduce", "2", "--scale", "tiny", "--densities", "x", "--out",
                                                 out), 1)
     assert "give --out" in error_line(cli("reproduce", "2", "--scale", "tiny"), 1)
+    assert "not a device name" in error_line(cli("reproduce", "5", "--scale", "tiny", "--device", "gpu0", "--out",
+                                                 out), 1)
+    if torch.cuda.device_count() < 8:
+        assert "'cuda:7' is not available here" in error_line(cli("reproduce", "5", "--scale", "tiny", "--devices",
+                                                                   "cpu,cuda:7", "--out", out), 1)
     assert "give a TABLE" in error_line(cli("reproduce", "--out", out), 1)
 
 
@@ -312,6 +317,8 @@ def test_parallel_workers_and_torchrun_ranks_give_the_sequential_results(tmp_pat
     res1 = run(5, out=tmp_path / "tr", **kw)
     assert res1.ran == 1 and res1.complete
     assert os.environ["WORLD_SIZE"] == "2"  # restored after the engine ran single-process
+    with pytest.raises(ValueError, match="under torchrun.*leave out --jobs"):
+        run(5, out=tmp_path / "tr", jobs=2, **kw)
     assert _without_wall(_rows(tmp_path / "tr" / "results.csv")) == expected
 
 

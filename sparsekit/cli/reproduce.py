@@ -119,7 +119,7 @@ def reproduce(table: str | None, list_: bool, data_spec: str | None, out: Path |
     result = run(table, out=out, data=data_spec, models=_split(models), methods=_split(methods),
                  densities=_densities(densities), seeds=seeds, scale=scale, device=device, jobs=jobs,
                  devices=dev_list, epochs=epochs, any_data=any_data, rerun_changed=rerun_changed,
-                 plots=not no_plots, log=echo)
+                 plots=not no_plots, log=echo, progress=not quiet and scale == "full")
     statuses = [r["status"] for r in result.rows]
     done = statuses.count("done")
     stdout_console().print(

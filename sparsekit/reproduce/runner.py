@@ -47,7 +47,7 @@ from .. import __version__
 from .._io import atomic_write_text
 from ..errors import SparsekitError
 from . import _models
-from .grids import Recipe, Table, close, get_table
+from .grids import GridCell, Recipe, Table, close, get_table
 from .summary import render_summary
 
 __all__ = ["run", "expand", "Job", "RunResult", "RESULT_COLUMNS", "scale_table", "estimate_gpu_hours",
@@ -77,7 +77,7 @@ class Job:
 
     table: str
     model: str
-    cell: Any  # GridCell
+    cell: GridCell
     seed: int
 
     @property
@@ -316,6 +316,7 @@ class _Context:
     out: Path
     device: str
     log: Callable[[str], None]
+    progress: bool = False
 
 
 def _data_fingerprint(data: Any) -> dict[str, Any]:
@@ -356,7 +357,7 @@ def _optimizer(recipe: Recipe) -> Callable[[list[torch.nn.Parameter]], torch.opt
 def _train_args(recipe: Recipe, ctx: _Context, seed: int, ckdir: Path) -> dict[str, Any]:
     return {"lr": recipe.lr, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay,
             "batch_size": recipe.batch_size, "device": ctx.device, "seed": seed, "checkpoint_dir": ckdir,
-            "resume": True, "progress": False, "eval_data": ctx.data.test}
+            "resume": True, "progress": ctx.progress, "eval_data": ctx.data.test}
 
 
 def _new_model(ctx: _Context, job: Job) -> torch.nn.Module:
@@ -693,8 +694,9 @@ def _worker(payload: dict[str, Any]) -> dict[str, int]:
     """A worker process: run its share of the jobs on its device."""
     torch.set_num_threads(payload["threads"])
     data = _load_data(payload["data_spec"])
+    say = (lambda s: print(s, flush=True)) if payload["log"] else (lambda s: None)
     ctx = _Context(payload["table"], payload["data_spec"], data, payload["scale"], Path(payload["out"]),
-                   payload["device"], lambda s: print(s, flush=True))
+                   payload["device"], say)
     counts = {"done": 0, "failed": 0, "skipped": 0, "busy": 0}
     for job in payload["jobs"]:
         counts[run_job(ctx, job, rerun_changed=payload["rerun_changed"])] += 1
@@ -719,6 +721,7 @@ def run(
     rerun_changed: bool = False,
     plots: bool = True,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> RunResult:
     """Reproduce one of the paper's tables: run its grid, resumably, and write results.csv and summary.md.
 
@@ -738,7 +741,8 @@ def run(
         rerun_changed: run jobs whose settings changed again (old folders move to ``superseded/``)
             instead of refusing.
         plots: draw plots with :mod:`sparsekit.plots` when available.
-        log: called with one line per job (default: print nothing).
+        log: called with one line per job (default: print nothing); worker processes print their lines.
+        progress: the training engine's progress bar and per-epoch lines (in-process jobs only).
 
     Returns:
         A :class:`RunResult`; ``result.complete`` is False while jobs are pending, running elsewhere or failed.
@@ -772,8 +776,13 @@ def run(
         raise NotADirectoryError(f"--out {outdir} is a file; give a folder")
     outdir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda s: None)
-    ctx = _Context(t, data, loaded, scale, outdir, device, say)
+    ctx = _Context(t, data, loaded, scale, outdir, device, say, progress)
     tr = _torchrun()
+    if tr is not None and (devices or jobs > 1):
+        raise ValueError("under torchrun each rank is one worker on its own GPU (LOCAL_RANK): leave out --jobs and "
+                         "--devices")
+    for d in (list(devices) if devices else [device]):
+        _check_device(d)
     mine = job_list
     if tr is not None:
         rank, world, local = tr
@@ -806,16 +815,40 @@ def run(
         import multiprocessing as mp
 
         threads = 1 if scale == "tiny" else max(1, (os.cpu_count() or 1) // len(workers))
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
         payloads = [{"table": t, "data_spec": data, "scale": scale, "out": str(outdir), "device": dev,
-                     "jobs": mine[i::len(workers)], "rerun_changed": rerun_changed, "threads": threads}
+                     "jobs": mine[i::len(workers)], "rerun_changed": rerun_changed, "threads": threads,
+                     "log": log is not None}
                     for i, dev in enumerate(workers)]
         say(f"{len(mine)} jobs on {len(workers)} worker processes ({', '.join(workers)})")
-        with mp.get_context("spawn").Pool(len(workers)) as pool:
-            for c in pool.map(_worker, payloads):
-                for k, v in c.items():
-                    counts[k] += v
+        try:
+            with ProcessPoolExecutor(len(workers), mp_context=mp.get_context("spawn")) as pool:
+                for c in pool.map(_worker, payloads):
+                    for k, v in c.items():
+                        counts[k] += v
+        except BrokenProcessPool:
+            write_outputs(ctx, job_list, plots=False)
+            raise SparsekitError(f"a worker process died (killed, or out of memory?); the finished jobs are in "
+                                 f"{outdir / 'results.csv'}: rerun the same command to resume the rest") from None
     rows = write_outputs(ctx, job_list, plots=plots)
     return RunResult(outdir, t, rows, counts["done"], counts["skipped"], counts["failed"], counts["busy"])
+
+
+def _check_device(device: str) -> None:
+    """A device string this machine has (``auto``, ``cpu``, ``cuda``, ``cuda:N`` with N below the GPU count)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            raise SparsekitError(f"device {device!r} is not available here ({n} CUDA device(s)); use "
+                                 f"{'cpu' if n == 0 else f'cuda:0..cuda:{n - 1}'}")
 
 
 def _check_changed(ctx: _Context, jobs: Sequence[Job], rerun_changed: bool) -> None:
