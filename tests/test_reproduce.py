@@ -153,9 +153,20 @@ def test_paper_matching_by_density_and_method_words():
     assert runner_mod.match_paper(t, orig, paper)["value"] == 87.8
     assert runner_mod.match_paper(t, rew, paper)["value"] == 90.8
     assert runner_mod.match_paper(t, t.cell("ERK", "0.995 Original"), paper) is None  # no such density
-    # two equally good candidates: no guess
-    amb = [dict(paper[0], method="er-erk-a"), dict(paper[0], method="er-erk-b")]
-    assert runner_mod.match_paper(t, orig, amb) is None
+    # a rewired number that does not say which ER scheme it started from is never taken for the ERK cell,
+    # and the original network's number is never taken for the rewired one
+    vague = [paper[0], dict(paper[1], method="rigl")]
+    assert runner_mod.match_paper(t, rew, vague) is None
+    assert runner_mod.match_paper(t, orig, vague)["value"] == 87.8
+    assert runner_mod.match_paper(t, orig, [dict(paper[0]), dict(paper[0], value=1.0)]) is None  # duplicates
+    # a strong-ticket table: one cell per (source, final) density, so the method's spelling does not matter
+    t1 = get_table(1)
+    row = {"method": "er-uniform", "density": 0.1, "source_density": 0.5, "value": 88.1, "metric": "test_acc"}
+    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.5 → 0.9"), [row])["value"] == 88.1
+    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.7 → 0.9"), [row]) is None
+    imp = {"method": "er-from", "density": 0.1, "source_density": None, "value": 90.05, "metric": "test_acc"}
+    t2 = get_table(2)
+    assert runner_mod.match_paper(t2, t2.cell("0.9", "IMP (ER)"), [imp])["value"] == 90.05
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

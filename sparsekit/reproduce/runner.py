@@ -225,30 +225,40 @@ def paper_numbers_available() -> bool:
     return _paper_loader() is not None
 
 
-def _tokens(method: str) -> set[str]:
+_SYNONYMS = {"from": "imp", "edgepopup": "edge-popup", "ep": "edge-popup"}
+
+
+def _method_key(method: str) -> frozenset[str]:
+    """A method name's words without separators, the generic ``er``/``ours`` and with synonyms
+    (``er-from`` = ``er-imp``): ``rigl-er-erk`` and ``er-erk+rigl`` have the same key, ``rigl`` another."""
     import re
 
-    return {t for t in re.split(r"[^a-z0-9]+", method.lower()) if t}
+    words = [w for w in re.split(r"[^a-z0-9]+", method.lower()) if w and w not in ("er", "ours")]
+    out: set[str] = set()
+    for w in words:
+        out.update(_SYNONYMS.get(w, w).split("-"))
+    return frozenset(out)
 
 
-def match_paper(table: Table, cell: Any, paper: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The paper's row for ``cell``: same density and source density (and metric); among several, the one
-    whose method name shares most words with the cell's (``er-erk+rigl`` ~ ``rigl-er-erk``); None if none
-    or no unique best."""
+def match_paper(table: Table, cell: GridCell, paper: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The paper's row for ``cell``, or None when there is none or it is not certain which.
+
+    Candidates have the cell's metric, final density and source density. Among them the row whose
+    method names the same method (:func:`_method_key`) is the match; a candidate with another method
+    name is accepted only when it is the only one and no other cell of the table shares its densities.
+    Never a guess: a rewired cell is not matched with the original network's number.
+    """
+    def src(p: dict[str, Any]) -> float | None:
+        return None if p.get("source_density") in (None, "") else float(p["source_density"])
+
     cand = [p for p in paper if p.get("metric", table.metric) == table.metric
-            and close(float(p["density"]), cell.density)
-            and close(None if p.get("source_density") in (None, "") else float(p["source_density"]),
-                      cell.source_density)]
-    if not cand and cell.source_density is not None and close(cell.source_density, 1.0):
-        cand = [p for p in paper if close(float(p["density"]), cell.density) and p.get("source_density") in (None, "")]
-    if len(cand) <= 1:
-        return cand[0] if cand else None
-    mine = _tokens(cell.method)
-    scored = sorted(((len(mine & _tokens(str(p["method"]))) - 0.5 * len(mine ^ _tokens(str(p["method"]))), i)
-                     for i, p in enumerate(cand)), reverse=True)
-    if scored[0][0] <= 0 or (len(scored) > 1 and scored[1][0] == scored[0][0]):
-        return None
-    return cand[scored[0][1]]
+            and close(float(p["density"]), cell.density) and close(src(p), cell.source_density)]
+    same = [p for p in cand if _method_key(str(p.get("method", ""))) == _method_key(cell.method)]
+    if same:
+        return same[0] if len(same) == 1 else None
+    siblings = [c for c in table.cells if close(c.density, cell.density) and close(c.source_density,
+                                                                                    cell.source_density)]
+    return cand[0] if len(cand) == 1 and len(siblings) == 1 else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,6 +327,7 @@ class _Context:
     device: str
     log: Callable[[str], None]
     progress: bool = False
+    fingerprint: dict[str, Any] | None = None
 
 
 def _data_fingerprint(data: Any) -> dict[str, Any]:
@@ -328,13 +339,15 @@ def _data_fingerprint(data: Any) -> dict[str, Any]:
 
 def job_config(ctx: _Context, job: Job) -> dict[str, Any]:
     """Everything that determines a job's result (compared on resume and skip)."""
+    if ctx.fingerprint is None:
+        ctx.fingerprint = _data_fingerprint(ctx.data)
     c = job.cell
     cfg = {
         "format": "sparsekit-reproduce-cell", "version": _CONFIG_VERSION, "table": job.table, "cell": job.cell_id,
         "seed": job.seed, "model": job.model, "architecture": _models.model_description(job.model, ctx.scale),
         "method": c.method, "density": c.density, "source_density": c.source_density, "trainer": c.trainer,
         "er_method": c.er_method, "recipe": ctx.table.recipe(c.trainer).to_dict(), "scale": ctx.scale,
-        "data": _data_fingerprint(ctx.data),
+        "data": ctx.fingerprint,
     }
     if c.method == "er-imp" or c.trainer == "imp":
         cfg["imp_recipe"] = ctx.table.recipe("imp").to_dict()
