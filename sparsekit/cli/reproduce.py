@@ -44,6 +44,7 @@ def _list_tables() -> None:
     from rich.table import Table as RichTable
 
     from sparsekit.reproduce import estimate_gpu_hours, expand, list_tables, scale_table
+    from sparsekit.reproduce.runner import TINY_SEEDS
 
     rt = RichTable(title="The paper's tables (GPU hours: an ESTIMATE at full scale, see below)", show_lines=False)
     for col in ("table", "model", "data", "trainer", "cells", "runs", "jobs", "tiny jobs", "est. GPU h", "what"):
@@ -55,7 +56,8 @@ def _list_tables() -> None:
         total += hours
         trainers = "+".join(dict.fromkeys(c.trainer for c in t.cells))
         rt.add_row(t.number, t.model, t.dataset, trainers, str(len(t.cells)), str(t.runs), str(len(jobs)),
-                   str(len(scale_table(t, "tiny").cells) * 2), "no GPU" if hours == 0 else f"{hours:.1f}", t.title)
+                   str(len(scale_table(t, "tiny").cells) * TINY_SEEDS), "no GPU" if hours == 0 else f"{hours:.1f}",
+                   t.title)
     console = stdout_console()
     console.print(rt)
     console.print(f"All tables: about {total:.0f} GPU hours. The estimate is 3 x forward FLOPs x samples x epochs "
