@@ -208,8 +208,15 @@ def test_tiny_table2_end_to_end_skip_and_changed_settings(tmp_path, monkeypatch)
     # a changed recipe is refused by name, or rerun on request with the old results kept
     with pytest.raises(sparsekit.SparsekitError, match=r"vgg16-er-balanced-d0.1 seed 0 .*recipe.*--rerun-changed"):
         run(2, **{**kw, "epochs": 3})
+    with pytest.raises(sparsekit.SparsekitError, match="holds a run of Table 2; give another --out for Table 9"):
+        run(9, **kw)
     res3 = run(2, **{**kw, "epochs": 3, "methods": ["er-erk"], "seeds": 1}, rerun_changed=True)
     assert res3.ran == 1 and len(list((out / "superseded").iterdir())) == 1
+    # results.csv still lists the jobs of the earlier, wider run: those with other settings as "stale"
+    rows3 = _rows(out / "results.csv")
+    assert [(r["cell"], r["seed"], r["status"]) for r in rows3] == [
+        ("vgg16-er-balanced-d0.1", "0", "stale"), ("vgg16-er-balanced-d0.1", "1", "stale"),
+        ("vgg16-er-erk-d0.1", "0", "done"), ("vgg16-er-erk-d0.1", "1", "stale")]
 
 
 def test_tiny_flow_table_counts_match_prune(tmp_path):

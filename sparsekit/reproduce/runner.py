@@ -556,6 +556,8 @@ def _collect(ctx: _Context, jobs: Sequence[Job], paper: Sequence[dict[str, Any]]
             status = res.get("status", "pending")
             value = res.get("value") if status == "done" else None
             error = res.get("error", "") if status == "failed" else ""
+        elif res is not None:
+            status, error = "stale", "a result with other settings (rerun with them, or with --rerun-changed)"
         elif (folder / ".lock").exists():
             lk = _Lock(folder / ".lock")
             if not lk.acquire(blocking=False):
@@ -803,12 +805,17 @@ def run(
         if device == "auto":
             ctx.device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         say(f"torchrun rank {rank}/{world}: {len(mine)} of {len(job_list)} jobs on {ctx.device}")
+    previous = _read_json(outdir / "run.json")
+    if previous is not None and str(previous.get("table")) != t.number:
+        raise SparsekitError(f"{outdir} holds a run of Table {previous.get('table')}; give another --out for "
+                             f"Table {t.number} (its results.csv and summary.md would be replaced)")
+    _check_changed(ctx, mine, rerun_changed)
+    listed = _union_jobs(t, job_list, previous)  # results.csv keeps the jobs of earlier runs with other filters
     atomic_write_text(outdir / "run.json", json.dumps({
         "table": t.number, "scale": scale, "data": data, "models": list(dict.fromkeys(j.model for j in job_list)),
         "methods": list(dict.fromkeys(j.cell.method for j in job_list)), "seeds": 1 + max(j.seed for j in job_list),
-        "jobs": len(job_list), "sparsekit": __version__,
-        "recipes": {k: r.to_dict() for k, r in t.recipes.items()}}, indent=2) + "\n")
-    _check_changed(ctx, mine, rerun_changed)
+        "jobs": len(job_list), "sparsekit": __version__, "recipes": {k: r.to_dict() for k, r in t.recipes.items()},
+        "job_ids": [[j.model, j.cell.row, j.cell.col, j.seed] for j in listed]}, indent=2) + "\n")
     counts = {"done": 0, "failed": 0, "skipped": 0, "busy": 0}
     workers = list(devices) if devices else ([device] * jobs if jobs > 1 else [])
     if tr is not None or len(workers) <= 1:
@@ -842,11 +849,27 @@ def run(
                     for k, v in c.items():
                         counts[k] += v
         except BrokenProcessPool:
-            write_outputs(ctx, job_list, plots=False)
+            write_outputs(ctx, listed, plots=False)
             raise SparsekitError(f"a worker process died (killed, or out of memory?); the finished jobs are in "
                                  f"{outdir / 'results.csv'}: rerun the same command to resume the rest") from None
-    rows = write_outputs(ctx, job_list, plots=plots)
+    rows = write_outputs(ctx, listed, plots=plots)
     return RunResult(outdir, t, rows, counts["done"], counts["skipped"], counts["failed"], counts["busy"])
+
+
+def _union_jobs(table: Table, jobs: Sequence[Job], previous: dict[str, Any] | None) -> list[Job]:
+    """``jobs`` plus the jobs earlier runs in the folder listed (same table), in grid order."""
+    out = {(j.model, j.cell.row, j.cell.col, j.seed): j for j in jobs}
+    for item in (previous or {}).get("job_ids", []) if str((previous or {}).get("table")) == table.number else []:
+        try:
+            model, row, col, seed = item
+            key = (str(model), str(row), str(col), int(seed))
+            if key not in out:
+                out[key] = Job(table.number, key[0], table.cell(key[1], key[2]), key[3])
+        except (KeyError, TypeError, ValueError):
+            continue  # a cell this (scaled) table does not have: its folder stays, it is not listed
+    models = list(dict.fromkeys(k[0] for k in out))
+    index = {(c.row, c.col): i for i, c in enumerate(table.cells)}
+    return sorted(out.values(), key=lambda j: (models.index(j.model), index[(j.cell.row, j.cell.col)], j.seed))
 
 
 def _check_device(device: str) -> None:

@@ -49,7 +49,7 @@ def _num(x: float, metric: str) -> str:
 
 
 def format_entry(values: Sequence[float], paper: Mapping[str, Any] | None, metric: str, *, paper_known: bool,
-                 pending: int = 0, failed: int = 0) -> str:
+                 pending: int = 0, failed: int = 0, stale: int = 0) -> str:
     """One table entry: ``ours ± CI (paper P ± C, diff D) n=k`` (plus pending/failed counts)."""
     parts = []
     if values:
@@ -68,6 +68,8 @@ def format_entry(values: Sequence[float], paper: Mapping[str, Any] | None, metri
         parts.append(f"{pending} pending")
     if failed:
         parts.append(f"{failed} FAILED")
+    if stale:
+        parts.append(f"{stale} with other settings")
     return "; ".join(parts)
 
 
@@ -123,9 +125,10 @@ def render_summary(table: Table, rows: Sequence[Mapping[str, Any]], *, paper_row
                 done = [float(r["value"]) for r in rs if r["status"] == "done"]
                 pending = sum(r["status"] in ("pending", "running") for r in rs)
                 failed = sum(r["status"] == "failed" for r in rs)
+                stale = sum(r["status"] == "stale" for r in rs)
                 paper = paper_rows.get(f"{model}-{cell.cell_id}")
                 entries.append(format_entry(done, paper, table.metric, paper_known=paper_available,
-                                            pending=pending, failed=failed))
+                                            pending=pending, failed=failed, stale=stale))
             out.append("| " + " | ".join([row] + entries) + " |")
         out.append("")
     bad = [r for r in rows if r["status"] == "failed"]
