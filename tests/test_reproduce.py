@@ -70,16 +70,20 @@ def _expected(number: str, row: str, col: str) -> tuple[str, float, float | None
     """(method, final density, source density) of a paper entry, derived from its labels."""
     if "→" in col:
         a, b = (float(x) for x in col.split("→"))
-        method = "edge-popup" if row == "Test Acc." else LABEL[row] + "+rigl"
+        method = "edge-popup" if row == "Test Acc." else "rigl"
         return method, 1 - b, 1 - a
     if number in ("4", "20"):
         s, kind = col.split()
-        return LABEL[row] + ("+rigl" if kind == "Rewired" else ""), 1 - float(s), None
+        return ("rigl" if kind == "Rewired" else LABEL[row]), 1 - float(s), None
     if number == "17":
         return "imp", 1 - float(col), None
     if row in LABEL:
         return LABEL[row], 1 - float(col), None
     return LABEL[col], 1 - float(row), None
+
+
+def col_start(col: str) -> float:
+    return float(col.split("→")[0])
 
 
 def test_every_experimental_table_is_registered():
@@ -97,6 +101,10 @@ def test_grid_expands_to_the_papers_cells(number):
     for c in t.cells:
         method, density, source = _expected(number, c.row, c.col)
         assert c.method == method, (c.row, c.col)
+        if method == "rigl":
+            assert c.init == LABEL[c.row]  # the ER scheme the rewiring starts from
+        if method == "edge-popup":
+            assert c.init == ("dense" if col_start(c.col) == 0 else "er-uniform")
         assert math.isclose(c.density, density, abs_tol=1e-9)
         assert (c.source_density is None) == (source is None)
         if source is not None:
@@ -144,29 +152,39 @@ def test_student_t_interval():
     assert text.startswith("91.00 ± 12.71 (paper 93.20 ± 0.28, diff -2.20) n=2")
 
 
-def test_paper_matching_by_density_and_method_words():
+def test_paper_matching_by_density_method_and_start():
+    """Rows as sparsekit.reproduce.paper_numbers gives them: rigl rows name their ER start in ``init``."""
     t = get_table(4)
-    paper = [{"method": "er-erk", "density": 0.01, "source_density": None, "value": 87.8, "metric": "test_acc"},
-             {"method": "rigl-er-erk", "density": 0.01, "source_density": None, "value": 90.8, "metric": "test_acc"},
-             {"method": "er-balanced", "density": 0.01, "source_density": None, "value": 89.3, "metric": "test_acc"}]
+    row = {"density": 0.01, "source_density": None, "metric": "test_acc", "ci": None}
+    paper = [{**row, "method": "er-erk", "init": "", "value": 87.8},
+             {**row, "method": "rigl", "init": "er-erk", "value": 90.8},
+             {**row, "method": "rigl", "init": "er-balanced", "value": 91.4},
+             {**row, "method": "er-balanced", "init": "", "value": 89.3}]
     orig, rew = t.cell("ERK", "0.99 Original"), t.cell("ERK", "0.99 Rewired")
+    assert (rew.method, rew.init, rew.cell_id) == ("rigl", "er-erk", "rigl-er-erk-d0.01")
     assert runner_mod.match_paper(t, orig, paper)["value"] == 87.8
     assert runner_mod.match_paper(t, rew, paper)["value"] == 90.8
+    assert runner_mod.match_paper(t, t.cell("Balanced", "0.99 Rewired"), paper)["value"] == 91.4
     assert runner_mod.match_paper(t, t.cell("ERK", "0.995 Original"), paper) is None  # no such density
     # a rewired number that does not say which ER scheme it started from is never taken for the ERK cell,
     # and the original network's number is never taken for the rewired one
-    vague = [paper[0], dict(paper[1], method="rigl")]
+    vague = [paper[0], {**paper[1], "init": ""}]
     assert runner_mod.match_paper(t, rew, vague) is None
     assert runner_mod.match_paper(t, orig, vague)["value"] == 87.8
-    assert runner_mod.match_paper(t, orig, [dict(paper[0]), dict(paper[0], value=1.0)]) is None  # duplicates
-    # a strong-ticket table: one cell per (source, final) density, so the method's spelling does not matter
+    assert runner_mod.match_paper(t, orig, [paper[0], {**paper[0], "value": 1.0}]) is None  # duplicates
+    # strong tickets: the ER start (or "dense") is part of the method; one cell per (source, final) density
     t1 = get_table(1)
-    row = {"method": "er-uniform", "density": 0.1, "source_density": 0.5, "value": 88.1, "metric": "test_acc"}
-    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.5 → 0.9"), [row])["value"] == 88.1
-    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.7 → 0.9"), [row]) is None
-    imp = {"method": "er-from", "density": 0.1, "source_density": None, "value": 90.05, "metric": "test_acc"}
+    ep = {"method": "edge-popup", "density": 0.1, "metric": "test_acc"}
+    rows = [{**ep, "init": "dense", "source_density": 1.0, "value": 87.9},
+            {**ep, "init": "er-uniform", "source_density": 0.5, "value": 88.1}]
+    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0 → 0.9"), rows)["value"] == 87.9
+    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.5 → 0.9"), rows)["value"] == 88.1
+    assert runner_mod.match_paper(t1, t1.cell("Test Acc.", "0.7 → 0.9"), rows) is None
+    imp = {"method": "er-from", "init": "", "density": 0.1, "source_density": None, "value": 90.05,
+           "metric": "test_acc"}
     t2 = get_table(2)
     assert runner_mod.match_paper(t2, t2.cell("0.9", "IMP (ER)"), [imp])["value"] == 90.05
+    assert runner_mod.match_paper(t2, t2.cell("0.9", "ERK"), [imp]) is None
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -236,7 +254,7 @@ def test_tiny_flow_table_counts_match_prune(tmp_path):
     assert "| Method | 0.5 | 0.8 | 0.9 | 0.99 | 0.999 |" in (out / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("number,kw", [(13, {"densities": [0.2]}), (21, {"methods": ["er-erk+rigl"]}),
+@pytest.mark.parametrize("number,kw", [(13, {"densities": [0.2]}), (21, {"methods": ["rigl"], "densities": [0.01]}),
                                        (17, {"densities": [0.5]})])
 def test_tiny_strong_rewire_and_imp_cells_run(tmp_path, number, kw):
     res = run(number, out=tmp_path / "o", scale="tiny", seeds=1, epochs=1, plots=False, **kw)
@@ -367,6 +385,8 @@ def test_paper_numbers_and_plots_are_wired_in_when_present(tmp_path, monkeypatch
         setattr(plots, f"plot_{name}", writer(name))
     monkeypatch.setitem(sys.modules, "sparsekit.reproduce.paper_numbers", paper)
     monkeypatch.setitem(sys.modules, "sparsekit.plots", plots)
+    monkeypatch.setattr(sparsekit, "plots", plots, raising=False)  # an earlier import may have bound the real one
+    monkeypatch.setattr(sparsekit.reproduce, "paper_numbers", paper, raising=False)
     out = tmp_path / "p"
     res = run(2, out=out, scale="tiny", methods=["er-balanced"], densities=[0.1], seeds=2, epochs=1)
     rows = _rows(out / "results.csv")
@@ -374,7 +394,7 @@ def test_paper_numbers_and_plots_are_wired_in_when_present(tmp_path, monkeypatch
     summary = (out / "summary.md").read_text()
     m = sum(r["value"] for r in res.rows) / 2
     assert f"(paper 93.22 ± 0.28, diff {m - 93.22:+.2f}) n=2" in summary
-    assert {"accuracy_vs_density", "layer_densities", "history"} <= set(calls)
+    assert {"accuracy_vs_density", "layer_densities", "history"} <= set(calls), summary
     assert (out / "plots" / "table2_accuracy.png").is_file()
     assert "plots: history vgg16-er-balanced-d0.1 failed (RuntimeError: boom)" in summary
 
@@ -399,3 +419,22 @@ def test_a_failing_cell_is_named_and_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(runner_mod, "_execute", real)
     r = cli(*args)
     assert r.exit_code == 0 and "(1 run now, 1 already finished" in r.output
+
+
+def test_a_table_without_paper_numbers_says_why(tmp_path, monkeypatch):
+    import types
+
+    paper = types.ModuleType("sparsekit.reproduce.paper_numbers")
+
+    def missing(table):
+        raise sparsekit.SparsekitError(f"Table {table} has only its caption in the paper text")
+
+    paper.paper_numbers = missing  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sparsekit.reproduce.paper_numbers", paper)
+    monkeypatch.setattr(sparsekit.reproduce, "paper_numbers", paper, raising=False)
+    out = tmp_path / "m"
+    run(5, out=out, scale="tiny", densities=[0.5], methods=["er-erk"], seeds=1, plots=False)
+    summary = (out / "summary.md").read_text()
+    assert "paper: no numbers for this table (Table 5 has only its caption in the paper text)" in summary
+    assert "0 (paper –) n=1" in summary
+    assert _rows(out / "results.csv")[0]["paper_value"] == ""

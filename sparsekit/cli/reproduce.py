@@ -78,7 +78,7 @@ def _list_tables() -> None:
 @click.option("--models", multiple=True, metavar="NAME[,NAME]",
               help="Run the grid on these networks instead of the paper's (sparsekit model names).")
 @click.option("--methods", multiple=True, metavar="M[,M]",
-              help="Only cells of these methods (er-balanced, er-erk+rigl, edge-popup, imp, ...).")
+              help="Only cells of these methods (er-balanced, rigl, edge-popup, imp, ...).")
 @click.option("--densities", multiple=True, metavar="D[,D]", help="Only cells of these final densities (1 - sparsity).")
 @click.option("--seeds", type=click.IntRange(1), default=None,
               help="Seeds per cell (default: the paper's runs, 2 at tiny scale).")

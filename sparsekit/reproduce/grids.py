@@ -126,7 +126,8 @@ class GridCell:
     Attributes:
         row, col: the paper's row and column label of this entry.
         method: sparsekit method (``er-balanced``, ..., ``er-imp``; ``edge-popup`` for strong tickets,
-            ``<er-method>+rigl`` for rewired ones, ``imp`` for the IMP baseline).
+            ``rigl`` for rewired ones (started from ``init``), ``imp`` for the IMP baseline; the names of
+            the paper-number rows of :mod:`sparsekit.reproduce.paper_numbers`).
         density: final global density (``1 - sparsity``).
         source_density: initial density for annealed / sparse-to-sparse cells, else None.
         trainer: which trainer produces it (:data:`TRAINERS`).
@@ -142,10 +143,22 @@ class GridCell:
     er_method: str | None = None
 
     @property
+    def init(self) -> str:
+        """What a training algorithm starts from: the ER scheme of a rigl/edge-popup cell (``"dense"`` for an
+        edge-popup run from a dense network), ``""`` when the method is itself the trained ER scheme."""
+        if self.trainer == "strong":
+            return "dense" if self.source_density is not None and self.source_density >= 1.0 else (self.er_method or "")
+        if self.trainer == "rewire":
+            return self.er_method or ""
+        return ""
+
+    @property
     def cell_id(self) -> str:
-        """A stable id: method, source density and density, e.g. ``er-balanced-d0.01`` or ``edge-popup-s0.5-d0.1``."""
+        """A stable id: method (with its ER start for rigl), source density and density, e.g.
+        ``er-balanced-d0.01``, ``rigl-er-erk-d0.01``, ``edge-popup-s0.5-d0.1``."""
         src = "" if self.source_density is None else f"-s{self.source_density:g}"
-        return f"{self.method}{src}-d{self.density:g}"
+        start = f"-{self.init}" if self.trainer == "rewire" else ""
+        return f"{self.method}{start}{src}-d{self.density:g}"
 
 
 @dataclass(frozen=True)
@@ -247,7 +260,7 @@ def _rewired_table(number: str, title: str, sparsities: tuple[str, ...]) -> Tabl
         er = METHOD_LABELS[m]
         for s in sparsities:
             cells.append(GridCell(m, f"{s} Original", er, _density(s), None, "weak", er))
-            cells.append(GridCell(m, f"{s} Rewired", f"{er}+rigl", _density(s), None, "rewire", er))
+            cells.append(GridCell(m, f"{s} Rewired", "rigl", _density(s), None, "rewire", er))
     return Table(number, title, "vgg16", "cifar10", "test_acc", "ER Method", "Sparsity", methods, cols,
                  tuple(cells), {"weak": WEAK, "rewire": REWIRE}, 3)
 
@@ -324,7 +337,7 @@ def _tables() -> dict[str, Table]:
         for col in s2s:
             src, dens = _arrow(col)
             er = METHOD_LABELS[m]
-            cells21.append(GridCell(m, col, f"{er}+rigl", dens, src, "rewire", er))
+            cells21.append(GridCell(m, col, "rigl", dens, src, "rewire", er))
     t.append(Table("21", "Sparse-to-sparse RigL from ER VGG16 on CIFAR-10", "vgg16", "cifar10", "test_acc", "ER Method",
                    "Sparsity (initial → final)", rows21, s2s, tuple(cells21), {"rewire": REWIRE}, 3))
     return {x.number: x for x in t}

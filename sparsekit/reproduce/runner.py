@@ -56,7 +56,7 @@ __all__ = ["run", "expand", "Job", "RunResult", "RESULT_COLUMNS", "scale_table",
 RESULT_COLUMNS = ("table", "cell", "model", "dataset", "method", "density", "source_density", "seed", "metric",
                   "value", "paper_value", "paper_ci", "status", "epochs", "wall_s", "history", "ticket")
 #: columns after :data:`RESULT_COLUMNS`
-EXTRA_COLUMNS = ("paper_row", "paper_col", "trainer", "paper_ref", "error")
+EXTRA_COLUMNS = ("init", "paper_row", "paper_col", "trainer", "paper_ref", "error")
 SCALES = ("full", "tiny")
 _CONFIG_VERSION = 1
 
@@ -121,7 +121,7 @@ def expand(table: Table | str | int, *, models: Sequence[str] | None = None, met
     Args:
         table: a :class:`Table` or its number.
         models: run the grid on these networks instead of the paper's (default: the table's model).
-        methods: keep only cells of these methods (``er-balanced``, ``er-erk+rigl``, ``edge-popup``...).
+        methods: keep only cells of these methods (``er-balanced``, ``rigl``, ``edge-popup``, ``imp``...).
         densities: keep only cells of these final densities.
         seeds: seeds per cell (default: the paper's number of runs; 2 at tiny scale).
         scale: ``"full"`` or ``"tiny"`` (see :func:`scale_table`).
@@ -228,12 +228,13 @@ def paper_numbers_available() -> bool:
 _SYNONYMS = {"from": "imp", "edgepopup": "edge-popup", "ep": "edge-popup"}
 
 
-def _method_key(method: str) -> frozenset[str]:
+def _method_key(method: str, init: str = "") -> frozenset[str]:
     """A method name's words without separators, the generic ``er``/``ours`` and with synonyms
-    (``er-from`` = ``er-imp``): ``rigl-er-erk`` and ``er-erk+rigl`` have the same key, ``rigl`` another."""
+    (``er-from`` = ``er-imp``); the ER start (``init``) is part of the key: ``rigl`` from ``er-erk`` is
+    not ``rigl`` from ``er-balanced``."""
     import re
 
-    words = [w for w in re.split(r"[^a-z0-9]+", method.lower()) if w and w not in ("er", "ours")]
+    words = [w for w in re.split(r"[^a-z0-9]+", f"{method} {init}".lower()) if w and w not in ("er", "ours")]
     out: set[str] = set()
     for w in words:
         out.update(_SYNONYMS.get(w, w).split("-"))
@@ -253,7 +254,8 @@ def match_paper(table: Table, cell: GridCell, paper: Sequence[dict[str, Any]]) -
 
     cand = [p for p in paper if p.get("metric", table.metric) == table.metric
             and close(float(p["density"]), cell.density) and close(src(p), cell.source_density)]
-    same = [p for p in cand if _method_key(str(p.get("method", ""))) == _method_key(cell.method)]
+    mine = _method_key(cell.method, cell.init)
+    same = [p for p in cand if _method_key(str(p.get("method", "")), str(p.get("init") or "")) == mine]
     if same:
         return same[0] if len(same) == 1 else None
     siblings = [c for c in table.cells if close(c.density, cell.density) and close(c.source_density,
@@ -573,7 +575,7 @@ def _collect(ctx: _Context, jobs: Sequence[Job], paper: Sequence[dict[str, Any]]
                "wall_s": res.get("wall_s") if status == "done" else None,
                "history": res.get("history", "") if status == "done" else "",
                "ticket": res.get("ticket", "") if status == "done" else "",
-               "paper_row": c.row, "paper_col": c.col, "trainer": c.trainer,
+               "init": c.init, "paper_row": c.row, "paper_col": c.col, "trainer": c.trainer,
                "paper_ref": "" if p is None else p.get("ref", ""), "error": error,
                "_row": c.row, "_col": c.col}
         rows.append(row)
@@ -637,8 +639,12 @@ def write_outputs(ctx: _Context, jobs: Sequence[Job], *, plots: bool = True) -> 
     """Rebuild results.csv, summary.md (and plots) from the result files, under the folder's lock."""
     loader = _paper_loader()
     paper = None
+    paper_note = ""
     if loader is not None:
-        paper = loader(ctx.table.number)
+        try:
+            paper = loader(ctx.table.number)
+        except SparsekitError as e:  # a table whose numbers are not in the paper's text (Table 12)
+            paper_note = f"paper: no numbers for this table ({e})"
     with _locked(ctx.out / ".outputs.lock"):
         rows, matched = _collect(ctx, jobs, paper)
         atomic_write_text(ctx.out / "results.csv", _csv_text(rows))
@@ -647,6 +653,8 @@ def write_outputs(ctx: _Context, jobs: Sequence[Job], *, plots: bool = True) -> 
                  "loader's standard, random crop + flip for CIFAR/Tiny-ImageNet, none for digits/synthetic)"]
         for trainer, recipe in ctx.table.recipes.items():
             notes.append(f"recipe {trainer}: {recipe.describe()}")
+        if paper_note:
+            notes.append(paper_note)
         if plots and any(r["status"] == "done" for r in rows):
             notes += _plots(ctx, rows, paper)
         text = render_summary(ctx.table, rows, paper_rows={f"{j.model}-{j.cell.cell_id}": matched[j.cell_id]
