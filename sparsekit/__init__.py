@@ -34,11 +34,11 @@ from .pruners import imp, snip, synflow
 from .ticket import LayerRecord, Report, Ticket
 from .train import Callback, History, Rewirer, fit_strong, fit_weak, rewire
 
-_SUBMODULES = ("models", "data")
+_SUBMODULES = ("models", "data", "reproduce")
 
 
 def __getattr__(name: str):
-    """``sparsekit.models`` and ``sparsekit.data`` are imported on first use (keeps ``import sparsekit`` lean)."""
+    """``sparsekit.models``, ``.data`` and ``.reproduce`` are imported on first use (keeps the import lean)."""
     if name in _SUBMODULES:
         import importlib
 

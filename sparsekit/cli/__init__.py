@@ -44,6 +44,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "theory": ("sparsekit.cli.theory", "theory"),
     "sparsity": ("sparsekit.cli.sparsity", "sparsity"),
     "plot": ("sparsekit.cli.plot", "plot"),
+    "reproduce": ("sparsekit.cli.reproduce", "reproduce"),
 }
 
 
