@@ -214,10 +214,8 @@ def estimate_gpu_hours(table: Table | str | int, jobs: Sequence[Job] | None = No
 
 
 def _paper_loader() -> Callable[[str], list[dict[str, Any]]] | None:
-    try:
-        from .paper_numbers import paper_numbers  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+    from .paper_numbers import paper_numbers
+
     return paper_numbers
 
 
@@ -594,10 +592,7 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 def _plots(ctx: _Context, rows: Sequence[dict[str, Any]], paper: Sequence[dict[str, Any]] | None) -> list[str]:
     """Plots via :mod:`sparsekit.plots` when installed; returns notes on what was (not) drawn."""
-    try:
-        from .. import plots  # type: ignore[attr-defined]
-    except ImportError:
-        return ["plots: not drawn -- this sparsekit has no sparsekit.plots module"]
+    from .. import plots
     out = ctx.out / "plots"
     out.mkdir(exist_ok=True)
     notes: list[str] = []
