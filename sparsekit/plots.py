@@ -213,9 +213,15 @@ def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 # accuracy vs density
 
 
+#: one legend entry for one method under two names: the paper files use the registered ``er-from`` for
+#: "IMP (ER)", ``sparsekit reproduce`` names the cell ``er-imp``
+_SAME_METHOD = {"er-from": "er-imp"}
+
+
 def _series_key(row: Mapping[str, Any]) -> str:
     """The legend label of a row's method: rigl/edge-popup say what they start from."""
     label = str(row.get("method", ""))
+    label = _SAME_METHOD.get(label, label)
     init = row.get("init") or ""
     src = row.get("source_density")
     extra = [init] if init and init != "dense" else []
@@ -255,8 +261,9 @@ def _last_per_seed(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 def _keys(done: list[Mapping[str, Any]], paper_rows: list[Mapping[str, Any]],
           panels: list[tuple[str, str]]) -> list[str]:
     """The legend labels of all series, ours and the paper's (for the plotted panels), sorted."""
-    return sorted({_series_key(r) for r in done} | {_series_key(p) for p in paper_rows
-                                                    if (str(p.get("model")), str(p.get("dataset") or "")) in panels})
+    models = {m for m, _d in panels}
+    theirs = {_series_key(p) for p in paper_rows if str(p.get("model")) in models}
+    return sorted({_series_key(r) for r in done} | theirs)
 
 
 def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mapping[str, Any]] | None = None,
@@ -318,6 +325,10 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
                                linewidth=1.5, capsize=3, label=f"{key} (ours)")
             _tag(bars, f"ours:{key}")
         theirs = [p for p in paper_rows if (str(p.get("model")), str(p.get("dataset") or "")) == (model, dataset)]
+        other_data = ""
+        if not theirs:  # e.g. a tiny-scale run on digits: the paper's numbers for this model, labelled with their data
+            theirs = [p for p in paper_rows if str(p.get("model")) == model]
+            other_data = ", ".join(sorted({str(p.get("dataset") or "?") for p in theirs}))
         for key in sorted({_series_key(p) for p in theirs}):
             at: dict[float, tuple[float, float | None]] = {}
             for p in theirs:  # one point per density: the same cell in two tables (2 and 9) is drawn once,
@@ -328,7 +339,8 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
             pts = sorted((d, v, c) for d, (v, c) in at.items())
             xs, ys, cis = [x for x, _, _ in pts], [y for _, y, _ in pts], [c or 0.0 for _, _, c in pts]
             bars = ax.errorbar(xs, ys, yerr=cis if any(cis) else None, color=colour[key], marker="D", markersize=6,
-                               markerfacecolor="none", linestyle=":", linewidth=1, capsize=3, label=f"{key} (paper)")
+                               markerfacecolor="none", linestyle=":", linewidth=1, capsize=3,
+                               label=f"{key} (paper{', ' + other_data if other_data else ''})")
             _tag(bars, f"paper:{key}")
         ax.set_xscale("log")
         ticks = sorted({float(r["density"]) for r in mine} | {float(p["density"]) for p in theirs})
@@ -337,7 +349,11 @@ def accuracy_figure(rows: Iterable[Mapping[str, Any]], *, paper: Iterable[Mappin
             ax.xaxis.set_minor_locator(_matplotlib().ticker.NullLocator())
         ax.set_xlabel("density (fraction of weights kept, log scale)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{model} on {dataset}" if dataset else model, fontsize=10)
+        if metric == "test_acc":  # few seeds give Student-t intervals far beyond what accuracy can be
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
+        shown = f"{model} on {dataset}" if dataset else model
+        ax.set_title(shown + (f" (paper points: {other_data})" if other_data else ""), fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         _method_legend(ax, {k: colour[k] for k in keys if any(_series_key(r) == k for r in mine + theirs)},
                        max_seeds=max(seeds.values()) if seeds else 1, paper=bool(theirs))
@@ -379,7 +395,9 @@ def plot_accuracy_vs_density(rows: Iterable[Mapping[str, Any]], out: str | os.Pa
             value (unfinished cells) are left out with a warning.
         out: the file, ``.png`` or ``.svg``.
         paper: rows of :func:`sparsekit.reproduce.paper_numbers.paper_numbers`; those of the plotted models
-            and datasets are overlaid as open diamonds with the paper's ± as error bars.
+            and datasets are overlaid as open diamonds with the paper's ± as error bars. A panel whose data
+            the paper has no numbers for (a tiny-scale run on digits) shows the paper's numbers for that
+            model on its own data, named in the panel title and the legend.
         title: a title over the figure.
         metric: which metric of the rows to plot.
         overwrite: replace an existing ``out``.
