@@ -61,6 +61,9 @@ class CompactMask:
         pruned = mask.logical_not_() if consume and mask.is_contiguous() else ~mask
         return cls(tuple(mask.shape), nnz, None, pruned)
 
+    def __deepcopy__(self, memo: dict) -> CompactMask:
+        return self  # read-only: copies of a pruned model (EMA, best-so-far) share their masks
+
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
