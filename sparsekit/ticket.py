@@ -123,6 +123,7 @@ class Ticket:
         compact_masks: the masks of the layers with density below 1, by fqn, stored compactly
             (:class:`~sparsekit.masks.CompactMask`); ``masks`` shows them as bool tensors.
         rng: id of the random number generator (``formats/TICKET.md``).
+        structure: the mask structure (``"element"``, ``"block:HxW"``, ``"fanin"``, ``"nm:N:M"``).
     """
 
     method: str
@@ -153,12 +154,16 @@ class Ticket:
     #: what happened to every parameter of the model (:meth:`sparsekit.coverage.Coverage.summary`);
     #: set by ``prune`` (None for tickets read from files)
     coverage: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: how the masks were drawn at each layer's density (:mod:`sparsekit.structures`): ``"element"``,
+    #: ``"block:HxW"``, ``"fanin"`` or ``"nm:N:M"``; recorded in ticket files (format 2.0 when not element)
+    structure: str = "element"
 
     def __repr__(self) -> str:
         """One line: kind, method, densities, seed and layer counts (``ticket.report()`` has every layer)."""
         masked = len(self.compact_masks)
         options = "".join(f", {k}={v!r}" for k, v in self.method_options.items())
         model = f", model={self.model_spec['spec']!r}" if self.model_spec else ""
+        model += f", structure={self.structure!r}" if self.structure != "element" else ""
         return (f"Ticket(kind={self.kind!r}, method={self.method!r}{options}, density={self.density:.4g}, "
                 f"realised={self.realised_density:.4g}, seed={self.seed}, flow={self.flow!r}, "
                 f"layers={len(self.layers)} ({masked} masked){model})")
@@ -205,7 +210,8 @@ class Ticket:
         corrected = sum((r.rows_repaired > 0) + (r.cols_repaired > 0) for r in self.layers)
         totals = {
             "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
-            "flow": self.flow, "exact": self.exact, "layers": len(self.layers), "params": params,
+            "flow": self.flow, "exact": self.exact, "structure": self.structure, "layers": len(self.layers),
+            "params": params,
             "target_density": self.density,
             "expected_density": sum(r.target_density * r.numel for r in self.layers) / params if params else 1.0,
             "realised_density": self.realised_density,
