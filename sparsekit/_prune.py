@@ -24,7 +24,7 @@ from .densities import (
 )
 from .errors import SparsekitError, UnsupportedLayerError
 from .flow import FLOW_MODES, repair_flow
-from .layers import FilterFn, check_parametrizations, prunable_layers
+from .layers import FilterFn, check_parametrizations, prunable_layers, select
 from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
@@ -145,7 +145,8 @@ def prune(
         density = validate_density(default_density(m, layers, inputs))
     dens = densities_for_layers(layers, m, density, dense, inputs=inputs)
     if st.kind == "nm":
-        dens = nm_layer_densities({L.fqn: L.numel for L in layers}, dens, density, st)
+        keep_dense = select(list(layers), dense, "dense") if dense else set()
+        dens = nm_layer_densities({L.fqn: L.numel for L in layers}, dens, density, st, keep_dense)
     coverage = model_coverage(model, layers, dens)
     if coverage.unknown:
         if strict:

@@ -354,17 +354,18 @@ def draw_structured(
 
 
 def nm_layer_densities(numels: dict[str, int], densities: dict[str, float], target: float,
-                       structure: Structure) -> dict[str, float]:
+                       structure: Structure, keep_dense: set[str] | frozenset[str] = frozenset()
+                       ) -> dict[str, float]:
     """Per-layer densities of an N:M ticket: ``N/M`` or 1, chosen from the scheme's densities.
 
     N:M fixes a layer's density at ``q = N / M``, so the global target is met by choosing which layers
-    stay dense. Layers the scheme keeps dense (``p_l = 1``) stay dense; the others start at ``q``; then,
-    in descending order of the scheme's ``p_l`` (ties: module order), a layer becomes dense when the
-    global density stays at or below ``target``. The realised global density is therefore at most
-    ``target`` (unless the scheme's own dense layers exceed it) and at least ``q``.
+    stay dense. The layers in ``keep_dense`` (the caller's ``dense=``) stay dense; every other layer
+    starts at ``q``, even one the scheme capped at 1; then, in descending order of the scheme's ``p_l``
+    (ties: module order), a layer becomes dense when the global density stays at or below ``target``.
+    The realised global density is therefore in ``[q, target]``.
 
     Raises:
-        ValueError: ``target`` below ``q``: N:M cannot reach it.
+        ValueError: ``target`` below ``q``, or below what the ``keep_dense`` layers plus N:M elsewhere give.
     """
     q = structure.n / structure.m
     if target < q:
@@ -372,12 +373,16 @@ def nm_layer_densities(numels: dict[str, int], densities: dict[str, float], targ
                          f"layer's density is {q:g} or 1 and the global density cannot go below {q:g}; got "
                          f"density={target:g}: use density >= {q:g}, or structure 'element', 'block:HxW' or 'fanin'")
     total = sum(numels.values())
-    out = {f: (1.0 if d >= 1 else q) for f, d in densities.items()}
+    out = {f: (1.0 if f in keep_dense else q) for f in densities}
     kept = sum(out[f] * numels[f] for f in out)
+    budget = target * total * (1 + 1e-12)
+    if kept > budget:
+        raise ValueError(f"the layers kept dense plus {structure} everywhere else give density {kept / total:.4g}, "
+                         f"above the target {target:g}: raise the density or keep fewer layers dense")
     order = sorted((f for f in out if out[f] < 1), key=lambda f: -densities[f])  # stable: module order on ties
     for f in order:
         extra = (1 - q) * numels[f]
-        if kept + extra <= target * total * (1 + 1e-12):
+        if kept + extra <= budget:
             out[f] = 1.0
             kept += extra
     return out

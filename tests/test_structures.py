@@ -257,7 +257,12 @@ def test_nm_layer_rule():
     # 0.6 target: a (highest p_l) turns dense first (+0.05), b would overshoot (+0.15 -> 0.70), c too
     out = nm_layer_densities(numels, {"a": 0.9, "b": 0.5, "c": 0.1}, 0.6, s)
     assert out == {"a": 1.0, "b": 0.5, "c": 0.5}
+    # a layer the scheme capped at 1 is a candidate like any other; only keep_dense layers must stay dense
     assert nm_layer_densities(numels, {"a": 1.0, "b": 0.5, "c": 0.1}, 0.7, s) == {"a": 1.0, "b": 1.0, "c": 0.5}
+    assert nm_layer_densities(numels, {"a": 0.1, "b": 1.0, "c": 1.0}, 0.5, s) == {"a": 0.5, "b": 0.5, "c": 0.5}
+    assert nm_layer_densities(numels, {"a": 0.1, "b": 1.0, "c": 1.0}, 0.6, s, {"a"}) == {"a": 1.0, "b": 0.5, "c": 0.5}
+    with pytest.raises(ValueError, match="layers kept dense"):
+        nm_layer_densities(numels, {"a": 0.1, "b": 0.1, "c": 1.0}, 0.6, s, {"c"})
     with pytest.raises(ValueError, match="cannot go below 0.5"):
         nm_layer_densities(numels, {"a": 0.1, "b": 0.1, "c": 0.1}, 0.1, s)
 
