@@ -417,3 +417,20 @@ def test_fit_weak_keeps_structure_and_rewire_refuses():
     assert bool(((w != 0).sum(1) == t.masks["1.weight"].sum(1)).all())
     with pytest.raises(SparsekitError, match="would break the ticket's fanin mask structure"):
         sparsekit.rewire(model, data.train, epochs=1, progress=False, device="cpu")
+
+
+def test_checkpoints_keep_the_structure(tmp_path):
+    from sparsekit.data import synthetic
+
+    data = synthetic(32, shape=(64,), num_classes=10, seed=0)
+    kw = dict(epochs=1, batch_size=16, device="cpu", progress=False, checkpoint_dir=tmp_path)
+    model = mlp()
+    t = sparsekit.prune(model, "er-erk", 0.2, seed=5, structure="block:1x4")
+    sparsekit.fit_weak(model, data, **kw)
+    fresh = mlp()  # unpruned: resume attaches the checkpoint's (format 2.0) ticket
+    sparsekit.fit_weak(fresh, data, **kw, resume=True)
+    assert sparsekit.ticket_of(fresh).structure == "block:1x4" and sparsekit.ticket_of(fresh).masks == t.masks
+    other = mlp()
+    sparsekit.prune(other, "er-erk", 0.2, seed=5)
+    with pytest.raises(SparsekitError, match="structure: checkpoint 'block:1x4', now 'element'"):
+        sparsekit.fit_weak(other, data, **kw, resume=True)
