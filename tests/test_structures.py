@@ -405,18 +405,18 @@ def test_cli_prune_structure(tmp_path):
 
 
 def test_fit_weak_keeps_structure_and_rewire_refuses():
-    from sparsekit.data import load_data
+    from sparsekit.data import synthetic
 
-    data = load_data("digits")
+    data = synthetic(64, shape=(64,), num_classes=10, seed=0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     t = sparsekit.prune(model, "er-balanced", 0.2, structure="fanin")
-    sparsekit.fit_weak(model, data.train, epochs=1, batch_size=256, lr=0.05, progress=False, device="cpu")
+    sparsekit.fit_weak(model, data, epochs=1, batch_size=16, lr=0.05, progress=False, device="cpu")
     w = model[1].weight.detach()
     assert bool(((w != 0) <= t.masks["1.weight"]).all())
     assert bool(((w != 0).sum(1) == t.masks["1.weight"].sum(1)).all())
     with pytest.raises(SparsekitError, match="would break the ticket's fanin mask structure"):
-        sparsekit.rewire(model, data.train, epochs=1, progress=False, device="cpu")
+        sparsekit.rewire(model, data, epochs=1, progress=False, device="cpu")
 
 
 def test_checkpoints_keep_the_structure(tmp_path):
