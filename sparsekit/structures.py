@@ -34,6 +34,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import rng
@@ -269,42 +270,68 @@ def repair_by_swap(layer: Layer, mv: torch.Tensor, lanes: torch.Tensor, seed: in
     rep = Repair()
     if mv.numel() == 0:
         return rep
-    deg = mv.view(G, R, C, K).sum(dim=(1, 3))  # (G, C)
-    dead = (deg == 0).nonzero().cpu()
+    deg_t = mv.reshape(G, R, C, K).sum(dim=(1, 3))  # (G, C)
+    dead = (deg_t == 0).nonzero().cpu()  # ascending (g, c)
     if dead.numel() == 0:
         return rep
     rep.cols_repaired = int(dead.shape[0])
     key = rng.stream_key(seed, layer.fqn, "flow-col")
     picks = rng.choice_at(key, (dead[:, 0] * C + dead[:, 1]).to(mv.device), R * K).cpu().tolist()
-    col_of = torch.arange(CK, device=mv.device) // K
-    pos_ids = torch.arange(CK, device=mv.device)
-    low = torch.iinfo(torch.int64).min
+    # The moves are sequential (each changes the degrees the next one reads), so they run on the CPU in
+    # numpy, whose small single-threaded operations cost microseconds, then go back to the device.
+    deg = deg_t.cpu().numpy().astype(np.int64)
+    col_of = np.arange(CK) // K
+    todo: dict[int, list[tuple[int, int]]] = {}
     for (g, c), x in zip(dead.tolist(), picks, strict=True):
-        r0, kk = divmod(x, K)
-        pos = c * K + kk
-        allowed = torch.ones(CK, dtype=torch.bool, device=mv.device)
-        if group_len is not None:
-            allowed = (pos_ids // group_len) == (pos // group_len)
-        rich = (deg[g] >= 2)[col_of] & allowed
-        done = False
-        for t in range(R):
-            r = (r0 + t) % R
-            cand = mv[g, r] & rich
-            if not bool(cand.any()):
+        todo.setdefault(g, []).append((c, x))
+    for g, items in todo.items():
+        on_cpu = mv.device.type == "cpu"
+        m = mv[g].numpy() if on_cpu else mv[g].cpu().numpy()  # on the CPU a view: writes go to mv
+        ln = lanes[g].cpu().numpy()
+        rich = deg[g] >= 2  # channels that can give up an edge and stay alive
+        rich_pos = rich[col_of]
+        rc = (m & rich_pos).sum(axis=1) if group_len is None else None  # donors per row (fan-in)
+        for n_done, (c, x) in enumerate(items):
+            r0, kk = divmod(x, K)
+            pos = c * K + kk
+            if group_len is None:
+                if not rc.any():  # no donor left in this group, and fallbacks create none: add the rest
+                    rest = items[n_done:]
+                    m[[y // K for _, y in rest], [cc * K + y % K for cc, y in rest]] = True
+                    deg[g, [cc for cc, _ in rest]] += 1
+                    rep.fallbacks += len(rest)
+                    rep.edges_added += len(rest)
+                    break
+                rows = np.flatnonzero(rc)
+                lo = 0
+                sub = None
+            else:
+                lo = pos // group_len * group_len
+                sub = m[:, lo:lo + group_len] & rich_pos[lo:lo + group_len]
+                rows = np.flatnonzero(sub.any(axis=1))
+            if rows.size == 0:
+                m[r0, pos] = True
+                deg[g, c] += 1
+                rep.fallbacks += 1
+                rep.edges_added += 1
                 continue
-            score = _sort_keys(lanes[g, r].unsqueeze(0)).squeeze(0).masked_fill_(~cand, low)
-            drop = int(score.argmax())
-            mv[g, r, drop] = False
-            mv[g, r, pos] = True
-            deg[g, drop // K] -= 1
+            r = int(rows[np.argmin((rows - r0) % R)])  # the first row with a donor, cyclically from r0
+            js = np.flatnonzero(m[r] & rich_pos) if sub is None else lo + np.flatnonzero(sub[r])
+            drop = int(js[np.argmax(ln[r, js].astype(np.int64) * (1 << 32) + js)])
+            m[r, drop] = False
+            m[r, pos] = True
+            dc = drop // K
+            deg[g, dc] -= 1
             deg[g, c] += 1
-            done = True
-            break
-        if not done:
-            mv[g, r0, pos] = True
-            deg[g, c] += 1
-            rep.fallbacks += 1
-            rep.edges_added += 1
+            if rc is not None:
+                rc[r] -= 1
+            if deg[g, dc] < 2:  # dc gave its last spare edge: its remaining edge is no donor any more
+                rich[dc] = False
+                rich_pos[dc * K:(dc + 1) * K] = False
+                if rc is not None:
+                    rc -= m[:, dc * K:(dc + 1) * K].sum(axis=1)
+        if not on_cpu:
+            mv[g].copy_(torch.from_numpy(m))
     return rep
 
 
