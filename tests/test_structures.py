@@ -434,3 +434,12 @@ def test_checkpoints_keep_the_structure(tmp_path):
     sparsekit.prune(other, "er-erk", 0.2, seed=5)
     with pytest.raises(SparsekitError, match="structure: checkpoint 'block:1x4', now 'element'"):
         sparsekit.fit_weak(other, data, **kw, resume=True)
+
+
+def test_structure_config_object():
+    a = sparsekit.prune(mlp(), "er-erk", 0.1, seed=3, structure=sparsekit.Structure("block", (2, 8)))
+    b = sparsekit.prune(mlp(), "er-erk", 0.1, seed=3, structure="block2x8")
+    assert a.structure == "block:2x8" and a.masks == b.masks
+    assert "structure='block:2x8'" in repr(a) and a.report().totals["structure"] == "block:2x8"
+    with pytest.raises(ValueError, match="block must be two integers"):
+        sparsekit.Structure("block", (0, 4))
