@@ -103,7 +103,18 @@ class Report:
 
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body[:-1]]
         lines += [fmt(["-" * w for w in widths]), fmt(body[-1])]
-        return "\n".join(lines + self.coverage_lines())
+        return "\n".join(lines + self.structure_lines() + self.coverage_lines())
+
+    def structure_lines(self) -> list[str]:
+        """What the repair counters count for a structured ticket (formats/TICKET.md §11); empty for element."""
+        s = self.totals.get("structure", "element")
+        if s.startswith("block:"):
+            return [f"structure {s}: flow repair counts blocks (edges added = blocks added, rows/cols repaired = "
+                    "block-rows/block-columns)"]
+        if s != "element":
+            return [f"structure {s}: dead inputs are revived by moving an edge (counted in cols repaired); edges "
+                    "added counts only fallbacks, where a layer had too few edges to reach every input"]
+        return []
 
 
 @dataclass

@@ -443,3 +443,11 @@ def test_structure_config_object():
     assert "structure='block:2x8'" in repr(a) and a.report().totals["structure"] == "block:2x8"
     with pytest.raises(ValueError, match="block must be two integers"):
         sparsekit.Structure("block", (0, 4))
+
+
+def test_report_says_what_the_counters_count():
+    t = sparsekit.prune(mlp(), "er-balanced", 0.02, structure="block:4x4")
+    assert "flow repair counts blocks" in str(t.report())
+    t = sparsekit.prune(mlp(), "er-balanced", 0.6, structure="nm:2:4")
+    assert "moving an edge" in str(t.report())
+    assert "structure" not in str(sparsekit.prune(mlp(), "er-balanced", 0.02).report())
