@@ -385,7 +385,7 @@ def test_cli_prune_structure(tmp_path):
     out = tmp_path / "s.safetensors"
     r = run("prune", "sparsekit:mlp", "-d", "0.05", "--structure", "block4x4", "-o", out)
     assert r.exit_code == 0, r.output
-    assert "structure block:4x4" in r.output
+    assert "structure block:4x4" in r.output and "flow repair counts blocks" in r.output
     r = run("info", out)
     assert r.exit_code == 0 and "structure block:4x4" in r.output
     r = run("verify", out, "sparsekit:mlp")  # an unpruned model: pruned positions hold nonzeros

@@ -163,7 +163,7 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
         f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {layers}); "
         f"flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) pairs",
         markup=False)
-    for line in report.coverage_lines():
+    for line in report.structure_lines() + report.coverage_lines():
         console.print(line, markup=False)
     if dropped:
         console.print(f"(columns {', '.join(dropped)} left out to fit {console.width} columns; --json has them all)",
