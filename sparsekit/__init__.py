@@ -31,6 +31,7 @@ from .formats.onnx import export_onnx
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
 from .layers import Layer, LayerLayout, declare_excluded, declare_layouts, find_layers, register_layer_type
 from .pruners import imp, snip, synflow
+from .structures import Structure
 from .ticket import LayerRecord, Report, Ticket
 from .train import Callback, History, Rewirer, fit_strong, fit_weak, rewire
 
@@ -63,6 +64,7 @@ __all__ = [
     "register_method",
     "Method",
     "MethodInfo",
+    "Structure",
     "Ticket",
     "LayerRecord",
     "Report",

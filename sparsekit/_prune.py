@@ -25,10 +25,11 @@ from .densities import (
 )
 from .errors import SparsekitError, UnsupportedLayerError
 from .flow import FLOW_MODES, repair_flow
-from .layers import FilterFn, check_parametrizations, prunable_layers
+from .layers import FilterFn, check_parametrizations, prunable_layers, select
 from .masks import CompactMask
 from .rng import DEFAULT_CHUNK_WORDS, M64, RNG_ID
 from .sampling import draw_mask
+from .structures import Structure, draw_structured, nm_layer_densities, parse_structure
 from .ticket import LayerRecord, Ticket, model_fingerprint
 
 __all__ = ["prune", "validate_seed", "validate_flow"]
@@ -53,6 +54,20 @@ def validate_flow(flow: object) -> str | None:
     return flow  # type: ignore[return-value]
 
 
+def _resolve_structure(structure: object, flow: str | None, exact: bool) -> Structure:
+    """The structure to draw with; rejects combinations that are not defined."""
+    st = parse_structure(structure)
+    if st.is_element:
+        return st
+    if exact:
+        raise ValueError(f"exact=True is defined for structure 'element' only; {st} masks are drawn per "
+                         "block, per row or per group (fanin and N:M are exact per row by construction)")
+    if flow == "resample":
+        raise ValueError(f"flow='resample' is defined for structure 'element' only; use flow='repair' or None "
+                         f"with structure {st}")
+    return st
+
+
 def prune(
     model: nn.Module,
     method: str | Method = "er-balanced",
@@ -66,6 +81,7 @@ def prune(
     device: torch.device | str | None = None,
     chunk_words: int = DEFAULT_CHUNK_WORDS,
     strict: bool = False,
+    structure: str | tuple | Structure | None = None,
     **options: object,
 ) -> Ticket:
     """Put Erdős–Rényi masks on ``model`` in place and return the :class:`~sparsekit.Ticket`.
@@ -96,6 +112,11 @@ def prune(
             covered by no rule (default: a warning naming them and their share of the parameters).
             ``ticket.report()`` shows the masked / dense / excluded / unknown fractions either way
             (:mod:`sparsekit.coverage`).
+        structure: how each layer's mask is drawn at its density (:mod:`sparsekit.structures`):
+            ``"element"`` (default, the paper's Bernoulli ER), ``"block4x4"`` / ``("block", (16, 16))``
+            (ER over blocks, flow at block level), ``"fanin"`` (constant fan-in: every neuron keeps
+            ``max(1, round(p_l * fan_in))`` random inputs) or ``"nm2:4"`` (random 2 of every 4 inputs;
+            layers are 2:4 or dense, global density >= 0.5).
         **options: method options, e.g. ``redistribute=False`` for er-balanced, and method inputs:
             ``data=`` (a DataLoader or Dataset) for er-snip, ``ticket=`` (a Ticket or ticket file) for
             er-from. Inputs are used to compute the layerwise densities and are not recorded in the
@@ -117,6 +138,7 @@ def prune(
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be True or False, got {strict!r}")
     m, inputs = split_inputs(method, dict(options), model)
+    st = _resolve_structure(structure, flow, exact)
     layers = prunable_layers(model, filter_fn)
     if is_pruned(model):
         raise SparsekitError("the model already carries sparsekit masks; call sparsekit.finalize(model) "
@@ -124,6 +146,9 @@ def prune(
     if isinstance(density, MethodDefault):
         density = validate_density(default_density(m, layers, inputs))
     dens = densities_for_layers(layers, m, density, dense, inputs=inputs)
+    if st.kind == "nm":
+        keep_dense = select(list(layers), dense, "dense") if dense else set()
+        dens = nm_layer_densities({L.fqn: L.numel for L in layers}, dens, density, st, keep_dense)
     coverage = model_coverage(model, layers, dens)
     if coverage.unknown:
         if strict:
@@ -141,8 +166,15 @@ def prune(
             continue
         dev = torch.device(device) if device is not None else (
             torch.device("cpu") if L.param.is_meta else L.param.device)
-        mask = draw_mask(L.fqn, L.shape, p, seed, exact=exact, device=dev, chunk_words=chunk_words)
-        rep = repair_flow(L, mask, p, seed, flow)
+        if st.is_element:
+            mask = draw_mask(L.fqn, L.shape, p, seed, exact=exact, device=dev, chunk_words=chunk_words)
+            rep = repair_flow(L, mask, p, seed, flow)
+        else:
+            mask, rep = draw_structured(L, p, seed, st, flow, device=dev, chunk_words=chunk_words)
+            if rep.fallbacks:
+                warnings.warn(f"{L.fqn}: {rep.fallbacks} input column(s) could only be revived by adding an edge, "
+                              f"so this layer is no longer exactly {st} (the ticket report counts them as "
+                              "fallbacks); use a higher density or flow=None", stacklevel=2)
         compact = masks[L.fqn] = CompactMask.from_bool(mask, consume=True, density_hint=p)
         del mask
         records.append(LayerRecord(
@@ -150,7 +182,7 @@ def prune(
             rep.rows_repaired, rep.cols_repaired, rep.fallbacks, L.aliases, _dtype_name(L.param)))
     ticket = Ticket(m.name, density, seed, flow, exact, records, masks, dict(m.options),
                     rng=RNG_ID, sparsekit_version=__version__, layouts={L.fqn: L.layout for L in layers},
-                    file_fingerprint=model_fingerprint(model))
+                    file_fingerprint=model_fingerprint(model), structure=str(st))
     ticket.coverage = coverage.summary()
     if meta:
         warnings.warn("the model is on the meta device: masks were drawn and reported but not attached; "

@@ -103,7 +103,18 @@ class Report:
 
         lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body[:-1]]
         lines += [fmt(["-" * w for w in widths]), fmt(body[-1])]
-        return "\n".join(lines + self.coverage_lines())
+        return "\n".join(lines + self.structure_lines() + self.coverage_lines())
+
+    def structure_lines(self) -> list[str]:
+        """What the repair counters count for a structured ticket (formats/TICKET.md §11); empty for element."""
+        s = self.totals.get("structure", "element")
+        if s.startswith("block:"):
+            return [f"structure {s}: flow repair counts blocks (edges added = blocks added, rows/cols repaired = "
+                    "block-rows/block-columns)"]
+        if s != "element":
+            return [f"structure {s}: dead inputs are revived by moving an edge (counted in cols repaired); edges "
+                    "added counts only fallbacks, where a layer had too few edges to reach every input"]
+        return []
 
 
 @dataclass
@@ -123,6 +134,7 @@ class Ticket:
         compact_masks: the masks of the layers with density below 1, by fqn, stored compactly
             (:class:`~sparsekit.masks.CompactMask`); ``masks`` shows them as bool tensors.
         rng: id of the random number generator (``formats/TICKET.md``).
+        structure: the mask structure (``"element"``, ``"block:HxW"``, ``"fanin"``, ``"nm:N:M"``).
     """
 
     method: str
@@ -153,6 +165,9 @@ class Ticket:
     #: what happened to every parameter of the model (:meth:`sparsekit.coverage.Coverage.summary`);
     #: set by ``prune`` (None for tickets read from files)
     coverage: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: how the masks were drawn at each layer's density (:mod:`sparsekit.structures`): ``"element"``,
+    #: ``"block:HxW"``, ``"fanin"`` or ``"nm:N:M"``; recorded in ticket files (format 2.0 when not element)
+    structure: str = "element"
 
     def __getstate__(self) -> dict[str, Any]:
         # pickles and copies (``torch.save(model)``, ``copy.deepcopy``) do not carry the weak model reference
@@ -168,6 +183,7 @@ class Ticket:
         masked = len(self.compact_masks)
         options = "".join(f", {k}={v!r}" for k, v in self.method_options.items())
         model = f", model={self.model_spec['spec']!r}" if self.model_spec else ""
+        model += f", structure={self.structure!r}" if self.structure != "element" else ""
         return (f"Ticket(kind={self.kind!r}, method={self.method!r}{options}, density={self.density:.4g}, "
                 f"realised={self.realised_density:.4g}, seed={self.seed}, flow={self.flow!r}, "
                 f"layers={len(self.layers)} ({masked} masked){model})")
@@ -214,7 +230,8 @@ class Ticket:
         corrected = sum((r.rows_repaired > 0) + (r.cols_repaired > 0) for r in self.layers)
         totals = {
             "method": self.method, "method_options": dict(self.method_options), "seed": self.seed,
-            "flow": self.flow, "exact": self.exact, "layers": len(self.layers), "params": params,
+            "flow": self.flow, "exact": self.exact, "structure": self.structure, "layers": len(self.layers),
+            "params": params,
             "target_density": self.density,
             "expected_density": sum(r.target_density * r.numel for r in self.layers) / params if params else 1.0,
             "realised_density": self.realised_density,

@@ -160,7 +160,7 @@ def _rewrite_meta(path, edit):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda m: m.update(format_version="2.0"), "newer than this sparsekit"),
+    (lambda m: m.update(format_version="3.0"), "newer than this sparsekit"),
     (lambda m: m.update(format="other"), "not a sparsekit ticket"),
     (lambda m: m.update(ticket=m["ticket"].replace('"kind":"er"', '"kind":"magic"')), "unknown ticket kind"),
     (lambda m: m.update(ticket=m["ticket"].replace('"rng":"sk-ctr64-v1"', '"rng":"sk-ctr64-v9"')), "generator"),

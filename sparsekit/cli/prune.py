@@ -37,6 +37,7 @@ import sparsekit._data_methods  # noqa: F401  (registers er-snip, er-synflow, er
 from sparsekit._io import atomic_write_text
 from sparsekit.densities import DEFAULT_DENSITY
 from sparsekit.layers import FilterFn, default_filter, include_embeddings
+from sparsekit.structures import parse_structure
 
 from . import UserError, stdout_console
 from ._models import build_model, load_model, model_options, spec_of, write_state_dict
@@ -162,7 +163,7 @@ def print_report(report: sparsekit.Report, *, title: str = "", show_all: bool = 
         f"{_fmt_density(t['realised_density'])} ({t['nonzeros']:,} of {t['params']:,} weights in {layers}); "
         f"flow repair added {t['edges_added']:,} edges, repaired {t['pairs_repaired']} (layer, direction) pairs",
         markup=False)
-    for line in report.coverage_lines():
+    for line in report.structure_lines() + report.coverage_lines():
         console.print(line, markup=False)
     if dropped:
         console.print(f"(columns {', '.join(dropped)} left out to fit {console.width} columns; --json has them all)",
@@ -187,7 +188,8 @@ def _check_inputs(config: sparsekit.Method, density: float | None, data_spec: st
 def _title(spec: str, report: sparsekit.Report) -> str:
     t = report.totals
     options = "".join(f", {k}={v!r}" for k, v in t["method_options"].items())
-    extra = ", exact" if t["exact"] else ""
+    extra = (", exact" if t["exact"] else "") + (f", structure {t['structure']}"
+                                                 if t.get("structure", "element") != "element" else "")
     return (f"{spec}: {t['method']}{options}, density {_fmt_density(t['target_density'])}, seed {t['seed']}, "
             f"flow {t['flow'] or 'none'}{extra}")
 
@@ -212,6 +214,10 @@ def _title(spec: str, report: sparsekit.Report) -> str:
               help="Keep this layer dense (parameter or module name, or a regex); it counts towards the "
                    "density (repeatable).")
 @click.option("--exact", is_flag=True, help="Keep exactly round(p_l * m_l) weights per layer.")
+@click.option("--structure", default="element", show_default=True, metavar="STRUCTURE",
+              help="How each layer's mask is drawn at its density: element (Bernoulli ER), block:HxW (ER over "
+                   "HxW blocks, e.g. block:4x4), fanin (every neuron keeps round(p_l * fan_in) inputs) or nm:N:M "
+                   "(e.g. nm:2:4; layers are N:M or dense, so density >= N/M).")
 @click.option("--data", "data_spec", metavar="SPEC", default=None,
               help="Data for methods that need it: er-snip scores on its training split, er-synflow takes its "
                    "input shape (digits, synthetic[:...], cifar10:ROOT, ...; nothing is downloaded).")
@@ -235,8 +241,9 @@ def _title(spec: str, report: sparsekit.Report) -> str:
 @all_option()
 def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density: float, seed: int, flow: str,
           method_options: dict[str, Any], exclude: list[re.Pattern], dense: tuple[str, ...], exact: bool,
-          data_spec: str | None, source: Path | None, out: Path | None, force: bool, weights: str | None,
-          weights_dtype: str | None, include_emb: bool, strict: bool, as_json: bool, show_all: bool) -> None:
+          structure: str, data_spec: str | None, source: Path | None, out: Path | None, force: bool,
+          weights: str | None, weights_dtype: str | None, include_emb: bool, strict: bool, as_json: bool,
+          show_all: bool) -> None:
     """Draw Erdős–Rényi masks for MODEL and print the per-layer report.
 
     MODEL is sparsekit:NAME[:KEY=VALUE,...] (the paper's networks, e.g. sparsekit:vgg16),
@@ -249,6 +256,10 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
     state_dict, .json the report.
     """
     config = None
+    try:
+        structure = str(parse_structure(structure))  # fails before the model loads
+    except ValueError as e:
+        raise UserError(f"--structure: {e}") from None
     if method not in MAGNITUDE:
         config = sparsekit.Method(method, method_options)  # unknown options fail before the model loads
         _check_inputs(config, density, data_spec, source)
@@ -292,10 +303,11 @@ def prune(model: str, arch: str | None, trust_pickle: bool, method: str, density
         if config is None:
             ticket = _prune_magnitude(net, method, density, filter_fn, **{"--dense": dense, "--exact": exact,
                                                                           "--seed": seed != 0,
-                                                                          "--flow": flow.lower() != "repair"})
+                                                                          "--flow": flow.lower() != "repair",
+                                                                          "--structure": structure != "element"})
         else:
             ticket = sparsekit.prune(net, config, seed=seed, flow=flow.lower(), filter_fn=filter_fn, dense=dense,
-                                     exact=exact, strict=strict, **inputs)
+                                     exact=exact, strict=strict, structure=structure, **inputs)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     ticket.model_spec = {"spec": spec_of(net, model), "arch": arch}

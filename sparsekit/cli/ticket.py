@@ -103,7 +103,7 @@ def ticket_info(path: Path) -> dict[str, Any]:
         "file": str(path), "format_version": meta.get("format_version"),
         "sparsekit_version": meta.get("sparsekit_version"), "kind": kind, "method": str(t.get("method", "")),
         "method_options": method_options, "seed": seed, "flow": t.get("flow"), "exact": bool(t.get("exact")),
-        "rng": t.get("rng"), "target_density": t.get("density"),
+        "structure": h.structure, "rng": t.get("rng"), "target_density": t.get("density"),
         "realised_density": nnz_total / params if params else 1.0, "weights": weights,
         "masks_rebuilt_from_seed": kind == "er", "layers": layers,
         "model": t.get("model") if isinstance(t.get("model"), dict) else None,
@@ -133,7 +133,7 @@ def _print_info(d: dict[str, Any], show_all: bool) -> None:
     method = escape_text(d["method"]) or "?"
     console.print(f"{escape_text(d['file'], 1000)}: kind {d['kind']}, method {method}{options}, "
                   f"seed {d['seed']}, flow {d['flow'] or 'none'}, exact {'yes' if d['exact'] else 'no'}, "
-                  f"rng {escape_text(str(d['rng']))}", markup=False)
+                  f"structure {d['structure']}, rng {escape_text(str(d['rng']))}", markup=False)
     if d.get("model"):
         arch = f" (--arch {escape_text(str(d['model']['arch']))})" if d["model"].get("arch") else ""
         console.print(f"model: {escape_text(str(d['model']['spec']), 1000)}{arch}", markup=False)

@@ -36,6 +36,7 @@ from ..layers import Layer, LayerLayout, check_layout, check_parametrizations, f
 from ..masks import CompactMask
 from ..rng import RNG_ID
 from ..sampling import draw_mask
+from ..structures import draw_structured, parse_structure
 from ..ticket import LayerRecord, Ticket, model_fingerprint
 from .errors import TicketError
 
@@ -44,6 +45,12 @@ __all__ = ["save_ticket", "load_ticket", "apply_ticket", "read_ticket_metadata",
 
 FORMAT = "sparsekit-ticket"
 FORMAT_VERSION = "1.0"
+#: Format of files whose masks have a structure other than "element" (formats/TICKET.md §11). A major
+#: version: readers of format 1.x only reject newer *major* versions and would otherwise ignore the
+#: ``structure`` field and rebuild Bernoulli masks; with 2.0 they fail with "upgrade sparsekit".
+STRUCTURED_FORMAT_VERSION = "2.0"
+#: Newest major version this reader understands.
+READ_MAJOR = 2
 KINDS = ("er", "rewired", "strong", "learned")
 _MAX_HEADER = 100 * 1024 * 1024
 MAX_ELEMENTS = 2**30
@@ -200,6 +207,10 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
         version = "1.1"  # a minor-version 1.1 feature; files without one stay 1.0, byte for byte
     if any(len(row.get("layout", ())) == 4 for row in rows):
         version = "1.1"  # stacked (expert) layouts, [out, in, groups, stack_axis]
+    structure = getattr(ticket, "structure", "element")
+    if structure != "element":
+        meta["structure"] = str(parse_structure(structure))
+        version = STRUCTURED_FORMAT_VERSION
     if weights is not None:
         meta["weights"] = _collect_weights(ticket, model, weights_dtype, tensors, kept=weights == "kept")
     header = {
@@ -313,9 +324,9 @@ def _parse_meta(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         major, _minor = (int(x) for x in version.split("."))
     except ValueError:
         raise TicketError(f"{path}: bad format_version {version!r}") from None
-    if major > int(FORMAT_VERSION.split(".")[0]):
+    if major > READ_MAJOR:
         raise TicketError(f"{path} uses ticket format {version}, newer than this sparsekit "
-                          f"({__version__}, format {FORMAT_VERSION}); upgrade sparsekit to read it")
+                          f"({__version__}, formats up to {READ_MAJOR}.x); upgrade sparsekit to read it")
     if "ticket" not in meta:
         raise TicketError(f"{path}: the ticket metadata is missing")
     t = _json(path, meta["ticket"], "the ticket metadata")
@@ -349,6 +360,7 @@ class TicketHeader:
     records: list[LayerRecord]
     layouts: dict[str, LayerLayout]
     rows: list[dict[str, Any]]
+    structure: str = "element"
 
     def tensor_bytes(self, name: str) -> int:
         info = self.table.get(name)
@@ -425,6 +437,7 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
     model = t.get("model")
     if model is not None and not (isinstance(model.get("spec"), str) and isinstance(model.get("arch", ""), str)):
         raise TicketError(f"{where}: field 'model' must be {{'spec': string, 'arch': optional string}}")
+    structure = _read_structure(path, t, meta)
     default_dtype = t.get("dtype", "")
     if "init" in t:
         _check_init(path, t["init"])
@@ -464,7 +477,37 @@ def read_ticket_metadata(path: str | os.PathLike) -> TicketHeader:
             raise TicketError(f"{rw} ({fqn}): aliases must be strings")
         records.append(LayerRecord(fqn, _opt(row, "type", str, "", rw), tuple(shape), float(p), nnz, *counters,
                                    tuple(aliases), _opt(row, "dtype", str, default_dtype, rw)))
-    return TicketHeader(path, table, offset, meta, t, kind, seed, flow, exact, rng_id, records, layouts, rows)
+    if structure.kind == "nm":
+        q = structure.n / structure.m
+        for rec in records:
+            if rec.target_density not in (q, 1.0):
+                raise TicketError(f"{path}: layer {escape_text(rec.fqn)} has density {rec.target_density!r}; an "
+                                  f"{structure} ticket has only layers of density {q:g} or 1")
+    return TicketHeader(path, table, offset, meta, t, kind, seed, flow, exact, rng_id, records, layouts, rows,
+                        str(structure))
+
+
+def _read_structure(path: Path, t: dict[str, Any], meta: dict[str, str]):
+    """The ``structure`` field (§11): absent means element; only in format 2.0+; validated combinations."""
+    if "structure" not in t:
+        return parse_structure(None)
+    raw = t["structure"]
+    if not isinstance(raw, str):
+        raise TicketError(f"{path}: field 'structure' must be a string, got {type(raw).__name__}")
+    try:
+        st = parse_structure(raw)
+    except ValueError:
+        raise TicketError(f"{path}: unknown mask structure {escape_text(raw, 60)!r}; this sparsekit knows element, "
+                          "block:HxW, fanin and nm:N:M (upgrade sparsekit if the file is newer)") from None
+    if raw != str(st):
+        raise TicketError(f"{path}: structure {escape_text(raw, 60)!r} is not in canonical form ({str(st)!r})")
+    if not st.is_element:
+        if int(meta.get("format_version", "0.0").split(".")[0]) < 2:
+            raise TicketError(f"{path}: structure {raw!r} needs ticket format 2.0, the file says "
+                              f"{escape_text(meta.get('format_version', ''), 20)}")
+        if t.get("exact") is True or t.get("flow") == "resample":
+            raise TicketError(f"{path}: structure {raw!r} is not defined with exact=true or flow='resample'")
+    return st
 
 
 def _max_elements(max_elements: int | None) -> int:
@@ -545,7 +588,7 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu",
             continue
         if h.kind == "er":
             cm = _rebuild_er(rec.fqn, rec.shape, h.layouts[rec.fqn], rec.target_density, h.seed, h.flow, h.exact,
-                             device, rw)
+                             device, rw, h.structure)
         else:
             cm = _decode_layer(row, raw, rec.fqn, rec.shape, rw)
         if cm.nnz != rec.nonzeros:
@@ -557,6 +600,7 @@ def load_ticket(path: str | os.PathLike, *, device: torch.device | str = "cpu",
                     dict(t.get("method_options", {})), kind=h.kind, rng=h.rng,
                     sparsekit_version=h.meta.get("sparsekit_version", ""))
     ticket.layouts = h.layouts
+    ticket.structure = h.structure
     ticket.init = t.get("init")
     ticket.file_fingerprint = t.get("fingerprint")
     if isinstance(t.get("model"), dict):
@@ -587,13 +631,17 @@ def _read_tensors(path: Path, table: dict[str, Any], offset: int) -> dict[str, t
 
 
 def _rebuild_er(fqn: str, shape: tuple[int, ...], layout: LayerLayout, p: float, seed: int, flow: str | None,
-                exact: bool, device: torch.device | str, where: str) -> CompactMask:
+                exact: bool, device: torch.device | str, where: str, structure: str = "element") -> CompactMask:
     try:
         check_layout(fqn, shape, layout)  # axes inside the shape, groups dividing it
         layer = Layer(fqn, fqn.rpartition(".")[0], "", shape, layout, torch.empty(0))
         layer.grid()
-        mask = draw_mask(fqn, shape, p, seed, exact=exact, device=device)
-        repair_flow(layer, mask, p, seed, flow)
+        st = parse_structure(structure)
+        if st.is_element:
+            mask = draw_mask(fqn, shape, p, seed, exact=exact, device=device)
+            repair_flow(layer, mask, p, seed, flow)
+        else:
+            mask, _ = draw_structured(layer, p, seed, st, flow, device=device)
     except (ValueError, ZeroDivisionError, RuntimeError) as e:
         raise TicketError(f"{where} ({fqn}): cannot rebuild the mask: {e}") from e
     return CompactMask.from_bool(mask, consume=True, density_hint=p)

@@ -949,7 +949,8 @@ def _restore_masks(model: nn.Module, ck: dict[str, Any], path: Path) -> None:
         diff = [f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in (
             ("method", ticket.method, now.method), ("density", ticket.density, now.density),
             ("method options", dict(ticket.method_options), dict(now.method_options)), ("seed", ticket.seed, now.seed),
-            ("flow", ticket.flow, now.flow), ("exact", ticket.exact, now.exact)) if a != b]
+            ("flow", ticket.flow, now.flow), ("exact", ticket.exact, now.exact),
+            ("structure", getattr(ticket, "structure", "element"), getattr(now, "structure", "element"))) if a != b]
         if diff:
             raise SparsekitError(f"cannot resume {path}: the masks were made with other settings ({'; '.join(diff)}); "
                                  "resume with the same settings or start a new run in another checkpoint_dir")

@@ -177,6 +177,7 @@ class Rewirer:
         self.total_steps, self.update_every, self.drop_fraction = total_steps, update_every, float(drop_fraction)
         self.drop_schedule, self.stop_at, self.flow, self.seed = drop_schedule, float(stop_at), flow, seed
         base = ticket_of(model)
+        _refuse_structured(base)
         self.base = base
         layouts = dict(getattr(base, "layouts", {}) or {})
         self.entries: list[tuple[str, nn.Parameter, Layer]] = []
@@ -428,6 +429,15 @@ class _RewireAlgorithm(Algorithm):
                 self.rewirer.load_state_dict(state)
 
 
+def _refuse_structured(base: Any) -> None:
+    """RigL/SET drop and grow single weights, which would break a block, fan-in or N:M structure."""
+    structure = getattr(base, "structure", "element")
+    if structure != "element":
+        raise SparsekitError(
+            f"rewiring (RigL/SET) drops and regrows single weights and would break the ticket's {structure} mask "
+            "structure; train structured masks with fit_weak (fixed masks), or prune with structure='element'")
+
+
 def rewire(
     model: nn.Module,
     train_data: Dataset | DataLoader,
@@ -468,6 +478,7 @@ def rewire(
     """
     if not is_pruned(model):
         raise SparsekitError("rewire needs a pruned model: call sparsekit.prune(model, ...) or apply a ticket first")
+    _refuse_structured(ticket_of(model))
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                          schedule=schedule, seed=seed, amp=amp, num_workers=num_workers,
                          device=device if isinstance(device, str) else str(device))
