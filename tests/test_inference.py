@@ -363,6 +363,34 @@ def test_verification_catches_a_wrong_kernel(monkeypatch):
         sparse_inference(m, torch.randn(2, 64), kernels=("csr",), repeats=1)
 
 
+def test_a_failing_kernel_is_reported_and_the_layer_stays_dense(monkeypatch):
+    m = _mlp()
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+
+    def broken(self, x):
+        raise RuntimeError("no kernel for this dtype")
+
+    monkeypatch.setattr(CSRKernel, "forward", broken)
+    with pytest.warns(UserWarning, match=r"3 layer\(s\) stay dense because no sparse kernel ran.*no kernel for"):
+        fast = sparse_inference(m, torch.randn(2, 64), kernels=("csr",), repeats=1)
+    rows = inference_report(fast).layers
+    assert all(r.kernel == "dense" and "csr failed (RuntimeError: no kernel" in r.reason for r in rows)
+    assert isinstance(fast[0], nn.Linear)
+
+
+def test_low_precision_models_convert_or_say_why():
+    m = _mlp().to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in (m[0], m[2], m[4]):
+            lin.weight.mul_(torch.rand_like(lin.weight.float()) < 0.1)
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # CPU CSR has no bfloat16 kernel in some torch versions
+        fast = sparse_inference(m, x, kernels=("csr", "condensed"), repeats=1)
+    for r in inference_report(fast).layers:  # either converted and verified, or dense with the kernel's error
+        assert r.kernel != "dense" or "failed" in r.reason
+
+
 def test_inference_only_guards():
     m = _mlp()
     sparsekit.prune(m, method="er-balanced", density=0.05)
