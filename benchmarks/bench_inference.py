@@ -312,6 +312,20 @@ def _goal_lines(g: dict) -> list[str]:
     ]
 
 
+def markdown(results: list[dict]) -> str:
+    """A markdown table of the rows of one or more result dicts (for the README)."""
+    lines = ["| model | density | batch | dense ms | sparse ms | speed-up (median) | best-of | kernels | weights "
+             "(dense) | mem/floor | other CPU |", "|" + "---|" * 11]
+    for res in results:
+        for r in res["rows"]:
+            k = ", ".join(f"{n} {c}" for n, c in sorted(r["kernels"].items()))
+            lines.append(f"| {r['model']} | {r['density']:g} | {r['batch']} | {r['dense_ms']:.2f} | "
+                         f"{r['sparse_ms']:.2f} | {r['speedup']:.2f}x | {r['speedup_best']:.2f}x | {k} | "
+                         f"{_mb(r['sparse_bytes'])} ({_mb(r['dense_bytes'])}) | {r['memory_ratio']:.2f} | "
+                         f"{100 * r['foreign_cpu_share']:.0f}% |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke run: small models, densities 0.1/0.01, batch 1/8")
@@ -324,7 +338,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet-wait", type=float, default=0.0, help="seconds to wait for a quiet machine per row")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--markdown", nargs="+", metavar="JSON", help="print a markdown table of result files and exit")
     a = p.parse_args(argv)
+    if a.markdown:
+        print(markdown([json.loads(Path(f).read_text()) for f in a.markdown]))
+        return
     run(quick=a.quick, device=a.device, models=a.models, densities=a.densities, batches=a.batches,
         rounds=a.rounds, size=a.size, threads=a.threads, quiet_wait=a.quiet_wait, out=a.out)
 

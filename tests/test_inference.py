@@ -351,6 +351,27 @@ def test_convolutions_without_sample_input_stay_dense():
     assert isinstance(fast[0], nn.Conv2d) and "needs sample_input" in inference_report(fast).layers[0].reason
 
 
+def test_choices_rebuild_without_measuring(monkeypatch):
+    m = _mlp()
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+    x = torch.randn(2, 64)
+    monkeypatch.setattr(_convert, "_measure", _fake_measure({"dense": 1.0, "csr": 0.5}))
+    first = sparse_inference(m, x, kernels=("dense", "csr"))
+    plan = inference_report(first).choices()
+    assert plan == {"0": "csr", "2": "csr", "4": "csr"}
+    monkeypatch.setattr(_convert, "_measure", lambda *a, **k: pytest.fail("measured despite choices"))
+    again = sparse_inference(m, x, choices=dict(plan, **{"2": "dense"}))
+    assert isinstance(again[0], SparseLinear) and isinstance(again[2], nn.Linear)
+    with torch.no_grad():
+        assert torch.equal(again(x), first(x)) or _close(again(x), first(x)) is None
+    with pytest.raises(SparsekitError, match="names no convertible layer"):
+        sparse_inference(m, x, choices={"nope": "csr"})
+    with pytest.raises(SparsekitError, match="expected one of"):
+        sparse_inference(m, x, choices={"0": "coo"})
+    with pytest.raises(SparsekitError, match="does not fit"):
+        sparse_inference(m, x, choices={"0": "bsr"})
+
+
 # ------------------------------------------------------------------------------------------------ guards
 
 

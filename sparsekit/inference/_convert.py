@@ -57,6 +57,7 @@ class LayerChoice:
     nnz: int = 0
     input_shape: tuple[int, ...] | None = None
     reason: str = ""
+    convertible: bool = True  # False: no sparse kernel exists for this module type
 
     @property
     def speedup(self) -> float | None:
@@ -87,6 +88,11 @@ class InferenceReport:
     def memory_ratio(self) -> float:
         """Model bytes over ``baseline_bytes`` (the goal is <= 1.2 when every sparse layer is converted)."""
         return self.bytes / self.baseline_bytes if self.baseline_bytes else float("nan")
+
+    def choices(self) -> dict[str, str]:
+        """``{layer: kernel}`` for every convertible layer: pass it as ``sparse_inference(..., choices=)``
+        to rebuild the same model without measuring (e.g. measured once on a quiet machine)."""
+        return {lc.name: lc.kernel.split(" ")[0] for lc in self.layers if lc.convertible}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -255,6 +261,7 @@ def sparse_inference(
     repeats: int = 7,
     exclude: Iterable[str] = (),
     inplace: bool = False,
+    choices: Mapping[str, str] | None = None,
     verify: bool = True,
     rtol: float = 1e-4,
     atol: float = 1e-5,
@@ -297,6 +304,9 @@ def sparse_inference(
             round counts). With ``repeats >= 5`` fast layers get more rounds (up to 10x) within 0.2 s.
         exclude: names (fqns) of modules to keep dense.
         inplace: convert ``model`` itself instead of a deep copy.
+        choices: ``{layer: kernel}`` decided beforehand (e.g. ``inference_report(fast).choices()`` from a
+            run on a quiet machine): those layers are not measured. Layer names as in the report
+            (attention projections are ``<attn>.q_proj`` ... ``<attn>.out_proj``).
         verify: compare the outputs on ``sample_input`` with the dense model; raise if they differ.
         rtol: relative tolerance of that check (at least 64 rounding units of the output dtype).
         atol: absolute tolerance of that check, scaled by the largest absolute output (same floor).
@@ -334,6 +344,8 @@ def sparse_inference(
 
     dense_before = _model_bytes(net)
     units, rows_other, owners = _plan(net, allowed, max_density, excluded)
+    if choices:
+        _apply_choices(units, choices)
     todo = [u for u in units if u.choice is None]
 
     ref = None
@@ -468,7 +480,7 @@ def _plan(net: nn.Module, allowed: Sequence[str], max_density: float,
                 other.append(LayerChoice(name=f"{fqn}.{pname}" if fqn else pname, kind=type(m).__name__,
                                          shape=tuple(p.shape), density=d, kernel="dense",
                                          dense_bytes=_nbytes(p), bytes=_nbytes(p), nnz=nnz,
-                                         reason=f"no sparse kernel for {why}: kept dense"))
+                                         reason=f"no sparse kernel for {why}: kept dense", convertible=False))
     return units, other, owners
 
 
@@ -503,6 +515,39 @@ def _decide_static(u: _Unit, allowed: Sequence[str], max_density: float, reason:
         u.choice.reason = "no sparse kernel allowed"
         return
     u.pending, u.choice = u.choice, None
+
+
+def _apply_choices(units: list[_Unit], choices: Mapping[str, str]) -> None:
+    by_name = {u.name: u for u in units}
+    unknown = sorted(set(choices) - set(by_name))
+    if unknown:
+        raise SparsekitError(f"sparse_inference: choices names no convertible layer: {unknown[:5]}; layer names "
+                             f"are those of inference_report(model).choices()")
+    for name, kname in choices.items():
+        u = by_name[name]
+        base = str(kname).split(" ")[0]
+        if base not in KERNELS:
+            raise SparsekitError(f"sparse_inference: choices[{name!r}] = {kname!r}: expected one of {KERNELS}")
+        row = u.choice if u.choice is not None else u.pending
+        assert row is not None
+        if base == "dense":
+            row.kernel, row.reason = "dense", "; ".join(r for r in ["from choices", row.reason] if r)
+            u.choice, u.pending, u.measured, u.candidates = row, None, True, {}
+            continue
+        if u.choice is not None:  # decided dense statically
+            if any(w in u.choice.reason for w in ("excluded", "shared", "add_bias_kv")):
+                raise SparsekitError(f"sparse_inference: choices[{name!r}] = {kname!r}, but the layer must stay "
+                                     f"dense: {u.choice.reason}")
+            u.pending, u.choice = u.choice, None
+            u.pending.reason = ""
+        if base not in u.candidates:
+            u.candidates.update(_kernels_for(u.weight, (base,)))
+        if base not in u.candidates:
+            raise SparsekitError(f"sparse_inference: choices[{name!r}] = {kname!r} does not fit this weight's "
+                                 f"pattern (bsr needs full square blocks, condensed equal row counts)")
+        _choose(u, row, base)
+        row.reason = "from choices (not measured)"
+        u.choice, u.measured = row, True
 
 
 def _sparse_module(u: _Unit, kernel: _Kernel) -> nn.Module:
