@@ -303,11 +303,12 @@ def test_tiny_hf_bert_matches():
 # -------------------------------------------------------------------------------------- choice by timing
 
 
-def _fake_measure(times):
+def _fake_measure(times, medians=None):
     def measure(fns, device, repeats, budget_s):
         for fn in fns.values():
             fn()
-        return {k: v for k, v in times.items() if k in fns}, {}
+        return ({k: v for k, v in times.items() if k in fns}, {},
+                {k: v for k, v in (medians or times).items() if k in fns})
     return measure
 
 
@@ -328,12 +329,15 @@ def test_choice_follows_measurement_and_margin(monkeypatch):
     monkeypatch.setattr(_convert, "_measure", _fake_measure({"dense": 1.0, "csr": 0.8}))
     assert isinstance(sparse_inference(m, x, kernels=("dense", "csr"), margin=0.1)[0], SparseLinear)
     assert isinstance(sparse_inference(m, x, kernels=("dense", "csr"), margin=0.5)[0], nn.Linear)
+    # one lucky fastest round is not enough: the median round must win too
+    monkeypatch.setattr(_convert, "_measure", _fake_measure({"dense": 1.0, "csr": 0.5}, {"dense": 1.0, "csr": 1.2}))
+    assert isinstance(sparse_inference(m, x, kernels=("dense", "csr"))[0], nn.Linear)
 
 
 def test_dense_layers_are_not_measured_and_synthetic_input(monkeypatch):
     m = _mlp()  # not pruned: density 1 everywhere
     calls = []
-    monkeypatch.setattr(_convert, "_measure", lambda *a, **k: calls.append(1) or ({}, {}))
+    monkeypatch.setattr(_convert, "_measure", lambda *a, **k: calls.append(1) or ({}, {}, {}))
     fast = sparse_inference(m)
     assert not calls and all("max_density" in r.reason for r in inference_report(fast).layers)
     sparsekit.prune(m, method="er-balanced", density=0.05)
