@@ -401,27 +401,22 @@ def _model_bytes(model: nn.Module) -> int:
 def _baseline_bytes(model: nn.Module, units: list[_Unit]) -> int:
     """Kept values + one int32 index per kept value for every unit, every other tensor as it is now."""
     total = 0
+    skip: set[int] = set()
     for u in units:
         c = u.choice
         assert c is not None
         total += c.nnz * (u.weight.element_size() + 4) + _nbytes(u.bias)
-    sparse_ids: set[int] = set()
+        skip.update(id(t) for t in u.module.parameters())  # the unit's own tensors (attention: all of them)
+        skip.update(id(t) for t in u.module.buffers())
     for m in model.modules():
         if is_sparse_module(m):
-            sparse_ids.update(id(t) for t in m.buffers())
-            sparse_ids.update(id(t) for t in m.parameters())
-    dense_unit_ids = {id(u.module) for u in units if u.choice is not None and u.choice.kernel == "dense"}
+            skip.update(id(t) for t in m.parameters())
+            skip.update(id(t) for t in m.buffers())
     seen: set[int] = set()
-    for m in model.modules():
-        if id(m) in dense_unit_ids or is_sparse_module(m):
-            if not is_sparse_module(m):  # a kept-dense unit: its weight/bias are in the unit's count
-                for t in m.parameters(recurse=False):
-                    seen.add(id(t))
-            continue
-        for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
-            if id(t) not in seen and id(t) not in sparse_ids:
-                seen.add(id(t))
-                total += _nbytes(t)
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in skip and id(t) not in seen:
+            seen.add(id(t))
+            total += _nbytes(t)
     return total
 
 
