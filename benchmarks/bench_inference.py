@@ -197,7 +197,8 @@ def measure(model, sample, rounds: int, device) -> dict:
         "foreign_cpu_share": share, "rounds": rounds,
         "raw_ms": {k: [round(x * 1e3, 4) for x in v] for k, v in times.items()},
         "layers": [{"name": lc.name, "shape": lc.shape, "density": lc.density, "kernel": lc.kernel,
-                    "dense_ms": lc.dense_ms, "sparse_ms": lc.sparse_ms, "reason": lc.reason} for lc in rep.layers],
+                    "dense_ms": lc.dense_ms, "sparse_ms": lc.sparse_ms, "times_ms": lc.times_ms,
+                    "reason": lc.reason} for lc in rep.layers],
     }
 
 
