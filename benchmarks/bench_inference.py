@@ -314,16 +314,27 @@ def _goal_lines(g: dict) -> list[str]:
 
 
 def markdown(results: list[dict]) -> str:
-    """A markdown table of the rows of one or more result dicts (for the README)."""
-    lines = ["| model | density | batch | dense ms | sparse ms | speed-up (median) | best-of | kernels | weights "
-             "(dense) | mem/floor | other CPU |", "|" + "---|" * 11]
-    for res in results:
-        for r in res["rows"]:
-            k = ", ".join(f"{n} {c}" for n, c in sorted(r["kernels"].items()))
-            lines.append(f"| {r['model']} | {r['density']:g} | {r['batch']} | {r['dense_ms']:.2f} | "
-                         f"{r['sparse_ms']:.2f} | {r['speedup']:.2f}x | {r['speedup_best']:.2f}x | {k} | "
-                         f"{_mb(r['sparse_bytes'])} ({_mb(r['dense_bytes'])}) | {r['memory_ratio']:.2f} | "
-                         f"{100 * r['foreign_cpu_share']:.0f}% |")
+    """A markdown table of one or more result dicts (for the README): one line per model and density,
+    speed-ups (median of rounds / best-of) per batch, weight bytes and the kernels chosen."""
+    rows = [r for res in results for r in res["rows"]]
+    batches = sorted({r["batch"] for r in rows})
+    head = ["model", "density"] + [f"batch {b}: dense ms, speed-up (best-of)" for b in batches]
+    head += ["weights (dense)", "mem/floor", "kernels (per batch)", "other CPU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = list(dict.fromkeys((r["model"], r["density"]) for r in rows))
+    for model, d in keys:
+        group = {r["batch"]: r for r in rows if r["model"] == model and r["density"] == d}
+        cells = [model, f"{d:g}"]
+        for b in batches:
+            r = group.get(b)
+            cells.append("-" if r is None else f"{r['dense_ms']:.1f}, {r['speedup']:.2f}x ({r['speedup_best']:.2f}x)")
+        first = group[min(group)]
+        cells.append(f"{_mb(first['sparse_bytes'])} ({_mb(first['dense_bytes'])})")
+        cells.append(" / ".join(f"{group[b]['memory_ratio']:.2f}" for b in sorted(group)))
+        cells.append(" / ".join(", ".join(f"{n} {c}" for n, c in sorted(group[b]["kernels"].items()))
+                                for b in sorted(group)))
+        cells.append(f"{100 * max(g['foreign_cpu_share'] for g in group.values()):.0f}%")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
