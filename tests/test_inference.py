@@ -479,6 +479,24 @@ def test_exclude_and_tied_weights_stay_dense():
     assert all("shared" in r.reason for r in inference_report(fast).layers)
 
 
+def test_inplace_converts_the_model_itself_and_unsupported_attention_stays_dense():
+    m = _mlp()
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        ref = m.eval()(x)
+    same = sparse_inference(m, x, kernels=("csr",), inplace=True, repeats=1)
+    assert same is m and isinstance(m[0], SparseLinear)
+    with torch.no_grad():
+        _close(m(x), ref)
+    mha = nn.MultiheadAttention(16, 2, add_bias_kv=True)
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.rand_like(mha.in_proj_weight) < 0.1)
+    fast = sparse_inference(nn.ModuleDict({"a": mha}), None, kernels=("csr",))
+    assert isinstance(fast["a"], nn.MultiheadAttention)
+    assert all("add_bias_kv" in r.reason for r in inference_report(fast).layers)
+
+
 def test_state_dict_and_device_moves_keep_working():
     m = _mlp()
     sparsekit.prune(m, method="er-balanced", density=0.05)
