@@ -366,6 +366,7 @@ def test_choices_rebuild_without_measuring(monkeypatch):
     monkeypatch.setattr(_convert, "_measure", lambda *a, **k: pytest.fail("measured despite choices"))
     again = sparse_inference(m, x, choices=dict(plan, **{"2": "dense"}))
     assert isinstance(again[0], SparseLinear) and isinstance(again[2], nn.Linear)
+    assert inference_report(again).max_abs_error is not None  # verified although nothing was measured
     with torch.no_grad():
         assert torch.equal(again(x), first(x)) or _close(again(x), first(x)) is None
     with pytest.raises(SparsekitError, match="names no convertible layer"):
@@ -386,6 +387,8 @@ def test_verification_catches_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr(CSRKernel, "forward", lambda self, x: real(self, x) * 1.01)
     with pytest.raises(SparsekitError, match="differs from the dense model"):
         sparse_inference(m, torch.randn(2, 64), kernels=("csr",), repeats=1)
+    with pytest.raises(SparsekitError, match="differs from the dense model"):  # also when nothing is measured
+        sparse_inference(m, torch.randn(2, 64), choices={"0": "csr", "2": "csr", "4": "csr"})
 
 
 def test_a_failing_kernel_is_reported_and_the_layer_stays_dense(monkeypatch):

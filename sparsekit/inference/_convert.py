@@ -360,6 +360,9 @@ def sparse_inference(
             if not u.measured:
                 _measure_synthetic(u, batch_size, allowed, margin, repeats)
 
+    if verify and sample_input is not None and ref is None and any(u.candidates for u in units):
+        ref = _reference(net, sample_input)  # every layer was decided by `choices`: still check the result
+        sample_shapes = [tuple(t.shape) for t in _tensors(sample_input)]
     net, replaced = _replace(net, units, owners)
     _disable_fast_paths(net, replaced)
 
@@ -631,15 +634,9 @@ def _measure_on_sample(net: nn.Module, todo: list[_Unit], sample_input: Any, all
     for u in todo:
         if id(u.module) not in {id(h[1]) for h in handles}:
             handles.append((u.module.register_forward_pre_hook(hook, with_kwargs=True), u.module))
-    fast = torch.backends.mha.get_fastpath_enabled()
     try:
-        # the reference takes torch's regular attention path, as the converted model does (the fused
-        # nested-tensor path writes 0 at padded positions instead of the regular path's values)
-        torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad():
-            ref = _call(net, sample_input)
+        ref = _reference(net, sample_input)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
         for h, _ in handles:
             h.remove()
     shapes = [tuple(t.shape) for t in _tensors(sample_input)]
@@ -647,6 +644,18 @@ def _measure_on_sample(net: nn.Module, todo: list[_Unit], sample_input: Any, all
         if not u.measured and isinstance(u.module, nn.Conv2d):
             _keep_dense(u, "not called by sample_input: kept dense")
     return ref, shapes
+
+
+def _reference(net: nn.Module, sample_input: Any) -> Any:
+    """The dense model's output on the sample, through torch's regular attention path as the converted
+    model takes it (the fused nested-tensor path writes 0 at padded positions instead)."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with torch.no_grad():
+            return _call(net, sample_input)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
 
 
 def _measure_synthetic(u: _Unit, batch_size: int, allowed: Sequence[str], margin: float, repeats: int) -> None:
