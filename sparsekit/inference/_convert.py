@@ -306,7 +306,9 @@ def sparse_inference(
         repeats: timing rounds per layer (interleaved so machine noise hits all alike; the fastest
             round counts). With ``repeats >= 5`` fast layers get more rounds (up to 10x) within 0.2 s.
         exclude: names (fqns) of modules to keep dense.
-        inplace: convert ``model`` itself instead of a deep copy.
+        inplace: convert ``model`` itself instead of a deep copy (saves the copy's memory; on an error
+            the model may be left partly converted, and a model that is itself one layer is replaced,
+            not changed: use the returned module).
         choices: ``{layer: kernel}`` decided beforehand (e.g. ``inference_report(fast).choices()`` from a
             run on a quiet machine): those layers are not measured. Layer names as in the report
             (attention projections are ``<attn>.q_proj`` ... ``<attn>.out_proj``).
@@ -340,7 +342,6 @@ def sparse_inference(
         raise SparsekitError("sparse_inference: the model was already converted; convert the dense pruned model")
 
     net = model if inplace else copy.deepcopy(model)
-    was_training = net.training
     net.eval()
     settings = {"kernels": list(allowed), "max_density": max_density, "margin": margin, "repeats": repeats,
                 "batch_size": batch_size, "sample_input": sample_input is not None}
@@ -386,7 +387,6 @@ def sparse_inference(
         warnings.warn(f"sparse_inference: {len(failed)} layer(s) stay dense because no sparse kernel ran on them "
                       f"(e.g. {rows[[r.name for r in rows].index(failed[0])].reason.split('; ', 1)[-1]}): "
                       f"{', '.join(failed[:8])}{' ...' if len(failed) > 8 else ''}", stacklevel=2)
-    del was_training
     object.__setattr__(net, _REPORT_ATTR, report)
     return net
 
