@@ -29,6 +29,7 @@ from .errors import (
 from .formats.errors import TicketError
 from .formats.onnx import export_onnx
 from .formats.ticket_file import apply_ticket, load_ticket, save_ticket
+from .inference import InferenceReport, inference_report, sparse_inference
 from .layers import Layer, LayerLayout, declare_excluded, declare_layouts, find_layers, register_layer_type
 from .pruners import imp, snip, synflow
 from .structures import Structure
@@ -58,6 +59,9 @@ __all__ = [
     "load_ticket",
     "apply_ticket",
     "export_onnx",
+    "sparse_inference",
+    "inference_report",
+    "InferenceReport",
     "TicketError",
     "list_methods",
     "get_method",

@@ -483,6 +483,9 @@ def export_onnx(
         OSError: ``path`` cannot be written (exists without ``overwrite``, missing folder, permissions).
     """
     _import_onnx()
+    if any(getattr(m, "_sparsekit_inference", False) for m in model.modules()):  # sparsekit.sparse_inference
+        raise SparsekitError("export_onnx: this model was converted by sparsekit.sparse_inference (sparse kernels, "
+                             "inference-only); export the pruned model before sparse_inference instead")
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {', '.join(map(repr, STORAGES))}, got {storage!r}")
     if exporter not in EXPORTERS:
