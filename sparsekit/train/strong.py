@@ -120,7 +120,8 @@ def _topk_full(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
 
 
 def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = None,
-              width: float = 0.0) -> tuple[torch.Tensor, float]:
+              width: float = 0.0, *, per_unit: float = 0.0,
+              stats: dict[str, float] | None = None) -> tuple[torch.Tensor, float]:
     """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
 
     ``hint`` is a previous threshold. If exactly ``k`` entries reach it, they are the answer (one
@@ -130,6 +131,11 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
     tensor), a selection over the band, and a scatter of the chosen band entries into the mask of
     the entries beyond the band. Otherwise a full selection runs. Always exact: ties at the threshold
     keep the lowest indices, so the mask has exactly ``k`` entries.
+
+    ``per_unit`` (entries per unit of score near the threshold, measured on the previous band and
+    reported in ``stats["per_unit"]``) sizes the band from the number of entries that crossed the
+    hint, ``|count - k|``, instead of ``width``: a band of a few times that many entries, far fewer
+    than a band sized by the threshold's last move.
 
     Thresholds are Python floats: comparing a tensor with a Python number and counting with
     ``count_nonzero`` are several times faster on the CPU than comparing with a 0-dim tensor and
@@ -147,6 +153,8 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
     c = int(torch.count_nonzero(m))
     if c == k:
         return m, hint
+    if per_unit > 0:  # expect ~4x the entries that crossed (and a floor of 256) inside the band
+        width = max(4 * abs(c - k), abs(c - k) + 256) / per_unit
     if width <= 0:
         return _topk_full(scores, k)
     if c > k:  # the k-th largest rose: it is in [hint, hint + width] if fewer than k entries exceed that
@@ -159,6 +167,8 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
         base, above = m, c
         idx = flat_nonzero((scores >= hint - width) ^ m)
     need = k - above
+    if stats is not None and idx.numel() > 0:
+        stats["per_unit"] = idx.numel() / width
     if idx.numel() < need:
         return _topk_full(scores, k)
     vals = scores[idx]
@@ -220,6 +230,7 @@ class _Layer:
     counts: list[int]  # kept edges per level
     threshold: float | None = None
     width: float = 0.0  # half-width of the band searched around the last threshold
+    per_unit: float = 0.0  # scores per unit of |s| near the threshold (sizes the next band)
 
     @property
     def source_nnz(self) -> int:
@@ -294,7 +305,10 @@ class EdgePopup(Algorithm):
         out = []
         for L, s in zip(self.layers, self.scores, strict=True):
             with torch.no_grad():
-                m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width)
+                st: dict[str, float] = {}
+                m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width,
+                                   per_unit=L.per_unit, stats=st)
+                L.per_unit = st.get("per_unit", L.per_unit)
                 if L.threshold is not None:  # the next band: a few times the threshold's last move
                     L.width = max(4.0 * abs(thr - L.threshold), 1e-7 * abs(thr))
             L.threshold = thr
@@ -316,7 +330,7 @@ class EdgePopup(Algorithm):
         if level_now != self.level:
             self.level = level_now
             for L in self.layers:
-                L.threshold, L.width = None, 0.0
+                L.threshold, L.width, L.per_unit = None, 0.0, 0.0
         return stats
 
     def final_masks(self) -> dict[str, CompactMask]:
