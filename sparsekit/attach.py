@@ -265,7 +265,7 @@ def _rebind_replaced() -> None:
 
 def _adopt_pending() -> None:
     """Install the masks of copied / unpickled modules whose state is complete (see :class:`_Owned`)."""
-    waiting = []
+    waiting, problems = [], []
     todo, _PENDING[:] = list(_PENDING), []
     for ref, pname, h in todo:
         owner = ref()
@@ -276,10 +276,12 @@ def _adopt_pending() -> None:
             waiting.append((ref, pname, h))
             continue
         p = params.get(pname)
-        if p is None or tuple(p.shape) != tuple(h.mask.shape):
-            raise SparsekitError(
+        if p is None or tuple(p.shape) != tuple(h.mask.shape):  # said once; the other copies are still adopted
+            problems.append(
                 f"a copied or loaded module lost its masked weight {h.fqn} (found "
-                f"{'nothing' if p is None else f'shape {tuple(p.shape)}'}, the mask has shape {tuple(h.mask.shape)})")
+                f"{'nothing' if p is None else f'shape {tuple(p.shape)}'}, the mask has shape {tuple(h.mask.shape)}); "
+                "call sparsekit.finalize(copy) before changing its masked weights")
+            continue
         if (ref, pname) not in h.owners:
             h.owners.append((ref, pname))
         _ensure_sd_hook(owner)
@@ -291,6 +293,8 @@ def _adopt_pending() -> None:
             if p.grad is not None:
                 h.zero_(p.grad, p)
     _PENDING.extend(waiting)
+    if problems:
+        raise SparsekitError(problems[0])
 
 
 def _bump() -> None:

@@ -168,3 +168,15 @@ def test_tied_weights_load_state_dict_assign():
         opt.step()
     for w in (tied[0].weight, tied[2].weight):
         assert not bool((w.detach()[~mask] != 0).any())
+
+
+def test_a_copy_whose_masked_weight_was_replaced_is_named_once_and_others_still_adopted():
+    m, t = _pruned()
+    bad = copy.deepcopy(m)
+    good = copy.deepcopy(m)
+    bad[2].weight = nn.Parameter(torch.randn(3, 64))  # surgery on a copy that still carries masks
+    with pytest.raises(sparsekit.SparsekitError, match=r"lost its masked weight 2\.weight.*finalize"):
+        sparsekit.is_pruned(good)
+    assert sparsekit.is_pruned(good)  # said once; the good copy was adopted all the same
+    _train(good)
+    _assert_masks_hold(good, t)
