@@ -569,10 +569,12 @@ def finalize(model: nn.Module) -> nn.Module:
         h.owners.clear()
         _HANDLES.discard(h)
         delattr(p, _ATTR)
+    mine = set()
     for m in model.modules():
+        mine.add(id(m))
         if m.__dict__.pop(_OWNED, None) is not None:
             hooks = m._load_state_dict_post_hooks
             for key in [k for k, f in hooks.items() if f is _sd_hook]:
                 del hooks[key]
-    _PENDING[:] = [e for e in _PENDING if e[0]() is not None and not any(e[0]() is m for m in model.modules())]
+    _PENDING[:] = [e for e in _PENDING if (owner := e[0]()) is not None and id(owner) not in mine]
     return model

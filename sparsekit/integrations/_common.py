@@ -153,3 +153,24 @@ class SparseRun:
         if t is None:
             raise SparsekitError("the model carries no sparsekit ticket: was it pruned by this callback?")
         return t
+
+
+class SparseCallbackArgs:
+    """The constructor shared by the training-framework callbacks (HF ``Trainer``, Lightning).
+
+    Args:
+        method: pruning method (``sparsekit.list_methods()``), default ``"er-balanced"``.
+        density: global density; None for the method's default.
+        seed: seed of the masks.
+        filter_fn: ``(module, module_fqn) -> bool`` choosing the layers.
+        dense: layers kept dense.
+        rewire: None, ``"rigl"`` or ``"set"``: rewire the masks during training.
+        rewire_options: :class:`~sparsekit.Rewirer` options, e.g. ``{"update_every": 100}``.
+        **options: further :func:`sparsekit.prune` options.
+    """
+
+    def __init__(self, method: Any = "er-balanced", density: float | None = None, *, seed: int = 0,
+                 filter_fn: Any = None, dense: Any = (), rewire: Any = None,
+                 rewire_options: dict[str, Any] | None = None, **options: Any) -> None:
+        self.run = SparseRun.from_callback_args(method, density, seed, filter_fn, dense, rewire, rewire_options,
+                                                options)

@@ -31,30 +31,16 @@ from ..attach import ticket_of
 from ..distributed import check_same_masks
 from ..errors import SparsekitError
 from ..formats.ticket_file import apply_ticket, load_ticket, save_ticket
-from ._common import TICKET_FILE, SparseRun
+from ._common import TICKET_FILE, SparseCallbackArgs
 
 __all__ = ["SparsekitCallback", "save_pretrained", "from_pretrained", "TICKET_FILE"]
 
 
-class SparsekitCallback(TrainerCallback):
+class SparsekitCallback(SparseCallbackArgs, TrainerCallback):
     """A ``transformers.TrainerCallback`` that trains the model sparse.
 
-    Args:
-        method: pruning method (``sparsekit.list_methods()``), default ``"er-balanced"``.
-        density: global density; None for the method's default.
-        seed: seed of the masks.
-        filter_fn: ``(module, module_fqn) -> bool`` choosing the layers.
-        dense: layers kept dense.
-        rewire: None, ``"rigl"`` or ``"set"``: rewire the masks during training.
-        rewire_options: :class:`~sparsekit.Rewirer` options, e.g. ``{"update_every": 100}``.
-        **options: further :func:`sparsekit.prune` options.
+    Constructor arguments: :class:`~sparsekit.integrations._common.SparseCallbackArgs`.
     """
-
-    def __init__(self, method: Any = "er-balanced", density: float | None = None, *, seed: int = 0,
-                 filter_fn: Any = None, dense: Any = (), rewire: Any = None,
-                 rewire_options: dict[str, Any] | None = None, **options: Any) -> None:
-        self.run = SparseRun.from_callback_args(method, density, seed, filter_fn, dense, rewire, rewire_options,
-                                                options)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:

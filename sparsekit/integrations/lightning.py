@@ -29,7 +29,7 @@ from torch import nn
 from ..attach import ticket_of
 from ..distributed import check_same_masks
 from ..errors import SparsekitError
-from ._common import SparseRun
+from ._common import SparseCallbackArgs
 
 try:
     from lightning.pytorch import Callback
@@ -42,26 +42,13 @@ __all__ = ["SparsekitLightningCallback", "CHECKPOINT_KEY"]
 CHECKPOINT_KEY = "sparsekit_ticket"
 
 
-class SparsekitLightningCallback(Callback):
+class SparsekitLightningCallback(SparseCallbackArgs, Callback):
     """A Lightning ``Callback`` that trains the LightningModule sparse.
 
-    Args:
-        method: pruning method (``sparsekit.list_methods()``), default ``"er-balanced"``.
-        density: global density; None for the method's default.
-        seed: seed of the masks.
-        filter_fn: ``(module, module_fqn) -> bool`` choosing the layers.
-        dense: layers kept dense.
-        rewire: None, ``"rigl"`` or ``"set"``: rewire the masks during training.
-        rewire_options: :class:`~sparsekit.Rewirer` options, e.g. ``{"update_every": 100}``.
-        **options: further :func:`sparsekit.prune` options.
+    Constructor arguments: :class:`~sparsekit.integrations._common.SparseCallbackArgs`.
     """
 
-    def __init__(self, method: Any = "er-balanced", density: float | None = None, *, seed: int = 0,
-                 filter_fn: Any = None, dense: Any = (), rewire: Any = None,
-                 rewire_options: dict[str, Any] | None = None, **options: Any) -> None:
-        self.run = SparseRun.from_callback_args(method, density, seed, filter_fn, dense, rewire, rewire_options,
-                                                options)
-        self._steps_seen = 0
+    _steps_seen = 0  # optimizer steps already handled (set from the trainer at train start)
 
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
         # after a resumed run restored its weights and masks (on_load_checkpoint): pruning earlier, in
