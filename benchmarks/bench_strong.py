@@ -1,17 +1,23 @@
 #!/usr/bin/env python
 """Benchmark of ``sparsekit.fit_strong`` (edge-popup inside an ER mask): step time against two baselines.
 
-Variants, all on ``sparsekit:resnet18`` (CIFAR form, 10 classes) with synthetic 3x32x32 data and the
-paper's SGD settings, stepped in short calls (``--steps`` steps each, the first ``--warmup`` dropped)
-that alternate in rounds with a rotating order:
+Variants, all on ``sparsekit:resnet18`` (CIFAR form, 10 classes; ``--model`` for another) with
+synthetic 3x32x32 data and the paper's SGD settings, stepped in short calls (``--steps`` steps each,
+the first ``--warmup`` dropped) that alternate in rounds with a rotating order:
 
-* ``strong``: ``fit_strong(er_density=0.5, density=0.1)`` as shipped: top-k by ``torch.kthvalue``
-  selection, reusing the previous threshold when exactly k scores still reach it;
-* ``sort``: the same, with the reference GetSubnet's selection (a full ``sort`` of the scores on
-  every forward pass), swapped in by subclassing ``EdgePopup`` in this script;
+* ``strong``: ``fit_strong(er_density=0.5, density=0.1)`` as shipped: top-k by a selection around the
+  previous threshold (exact), the effective weights kept between steps and rewritten where the
+  selection changed, fused SGD on the flat scores;
+* ``sort``: the same, with the reference GetSubnet's selection (a full ``sort`` of the layer's ER-kept
+  scores on every forward pass, as ER_SLT's ``GetSubnetER``), swapped in by subclassing ``EdgePopup``
+  in this script: everything but the selection is shared with ``strong``, so ``sort / strong`` is
+  ``1 + (sort's selection - strong's selection) / strong's step``;
 * ``dense``: ``fit_weak`` training all weights of the dense model (the cost of ordinary training);
 * ``unfused``: ``strong`` with the effective weights built by the unfused autograd graph of sparsekit
-  before issue 17 (``w * GetSubnet(|s|)`` then ``zeros().index_put``), to measure the fused op.
+  before issue 17 (``w * GetSubnet(|s|)`` then ``zeros().index_put``), to measure the fused op;
+* ``er_slt``: the authors' ER_SLT layer re-written (dense score tensors, ``where`` over the ER mask,
+  descending sort, ``w * subnet`` through autograd): information on the reference code's cost, not
+  a goal.
 
 ``torch.compile`` of the effective-weight path was tried for issue 17 and not kept: on the CPU
 (inductor, torch 2.14) the compiled forward was not faster than eager ``index_copy_`` (43 vs 38 ms
@@ -71,7 +77,7 @@ class SortEveryForward(strong_mod.EdgePopup):
 class Unfused(strong_mod.EdgePopup):
     """The effective weights as sparsekit built them before the fused op (issue 17)."""
 
-    def effective_weights(self) -> dict[str, torch.Tensor]:
+    def effective_weights(self, *, reuse: bool = False) -> dict[str, torch.Tensor]:  # noqa: ARG002
         params = {}
         for L, s, m in zip(self.layers, self.scores, self.current_masks(), strict=True):
             vals = L.weights * strong_mod._GetSubnet.apply(m, s.abs())
@@ -83,12 +89,65 @@ class Unfused(strong_mod.EdgePopup):
         return params
 
 
-VARIANTS = {"sort": SortEveryForward, "unfused": Unfused}
+class _SubnetER(torch.autograd.Function):
+    """ER_SLT's GetSubnetER: among the ER-kept entries, the ``k`` largest (full descending sort) are 1."""
+
+    @staticmethod
+    def forward(ctx, scores, k, er_mask):  # noqa: ANN001, ANN205, ARG004
+        retain = torch.where(er_mask == 1)[0]
+        out = scores.clone()
+        temp = scores[retain]
+        idx = temp.sort(descending=True).indices
+        temp[idx[:k]] = 1
+        temp[idx[k:]] = 0
+        out[retain] = temp
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: ANN001, ANN205, ARG004
+        return g, None, None
 
 
-def one_call(variant: str, data, *, steps: int, batch: int, device: str, amp) -> tuple[list[float], float, float]:
+class ErSltLayer(strong_mod.EdgePopup):
+    """The authors' ER_SLT layer (RelationalML/sparse_to_sparse, ``ER_SLT/resnet_new.py``) re-written here:
+    dense score tensors, a ``where`` over the ER mask, a descending sort of the kept ``|scores|`` and the
+    mask set by index on every forward pass, then ``w * subnet`` through autograd. Information only:
+    the goal is measured against ``sort``, which shares everything with ``strong`` but the selection."""
+
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        super().setup(model, device)
+        self.dense = []
+        scores = torch.nn.ParameterList()
+        for L, s in zip(self.layers, self.scores, strict=True):
+            er = torch.ones(L.numel, device=device)
+            w = L.weights.clone()
+            d = s.detach().clone()
+            if L.kept is not None:
+                er = torch.zeros(L.numel, device=device).index_fill_(0, L.kept, 1.0)
+                w = torch.zeros(L.numel, device=device).index_copy_(0, L.kept, L.weights)
+                d = torch.zeros(L.numel, device=device).index_copy_(0, L.kept, s.detach())
+            self.dense.append((er, w))
+            scores.append(torch.nn.Parameter(d))
+        self.scores = scores
+
+    def effective_weights(self, *, reuse: bool = False) -> dict[str, torch.Tensor]:  # noqa: ARG002
+        return {L.fqn: (w * _SubnetER.apply(s.abs(), L.counts[self.level], er)).view(L.shape)
+                for L, s, (er, w) in zip(self.layers, self.scores, self.dense, strict=True)}
+
+    def final_masks(self) -> dict[str, strong_mod.CompactMask]:
+        with torch.no_grad():
+            return {L.fqn: strong_mod.CompactMask.from_bool(
+                        _SubnetER.apply(s.abs(), L.counts[-1], er).bool().view(L.shape).cpu())
+                    for L, s, (er, _) in zip(self.layers, self.scores, self.dense, strict=True)}
+
+
+VARIANTS = {"sort": SortEveryForward, "unfused": Unfused, "er_slt": ErSltLayer}
+
+
+def one_call(variant: str, data, *, steps: int, batch: int, device: str, amp,
+             model_name: str = "resnet18") -> tuple[list[float], float, float]:
     torch.manual_seed(0)
-    model = get_model("resnet18", num_classes=10)
+    model = get_model(model_name, num_classes=10)
     timer = StepTimer(device)
     f = Foreign()
     if variant == "dense":
@@ -108,8 +167,8 @@ def one_call(variant: str, data, *, steps: int, batch: int, device: str, amp) ->
 
 
 def compare(*, batch: int, steps: int, warmup: int, rounds: int, device: str, amp, console, quiet_wait: float,
-            keep_noisy: bool = False) -> dict:
-    variants = ("strong", "sort", "dense", "unfused")
+            keep_noisy: bool = False, model_name: str = "resnet18") -> dict:
+    variants = ("strong", "sort", "dense", "unfused", "er_slt")
     data = synthetic(steps * batch, shape=(3, 32, 32), num_classes=10, seed=0)
     times: dict[str, list[float]] = {v: [] for v in variants}
     dropped = 0
@@ -119,7 +178,8 @@ def compare(*, batch: int, steps: int, warmup: int, rounds: int, device: str, am
             wait_for_quiet(quiet_wait)
         got, noisy = {}, False
         for v in order:
-            ts, foreign, wall = one_call(v, data, steps=steps, batch=batch, device=device, amp=amp)
+            ts, foreign, wall = one_call(v, data, steps=steps, batch=batch, device=device, amp=amp,
+                                         model_name=model_name)
             noisy = noisy or (device == "cpu" and is_noisy(foreign, wall))
             got[v] = ts[warmup:]
         if noisy:
@@ -131,14 +191,17 @@ def compare(*, batch: int, steps: int, warmup: int, rounds: int, device: str, am
         med = {v: statistics.median(got[v]) for v in variants}
         console.print(f"  round {r + 1}/{rounds}{' (shared CPU)' if noisy else ''}: strong/dense "
                       f"{med['strong'] / med['dense']:.3f}  sort/strong {med['sort'] / med['strong']:.3f}  "
-                      f"unfused/strong {med['unfused'] / med['strong']:.3f}")
+                      f"unfused/strong {med['unfused'] / med['strong']:.3f}  er_slt/strong "
+                      f"{med['er_slt'] / med['strong']:.3f}")
     if not times["strong"]:
         raise SystemExit("every round was disturbed by other processes; run on an idle machine")
     med = {v: statistics.median(t) for v, t in times.items()}
-    return {"device": device, "batch": batch, "amp": str(amp), "er_density": ER_DENSITY, "density": DENSITY,
+    return {"model": model_name, "device": device, "batch": batch, "amp": str(amp), "er_density": ER_DENSITY,
+            "density": DENSITY,
             "steps_per_call": steps, "warmup_dropped": warmup, "rounds": rounds, "rounds_dropped_noisy": dropped,
             "median_step_s": med, "strong_vs_dense": med["strong"] / med["dense"],
             "sort_vs_strong": med["sort"] / med["strong"], "unfused_vs_strong": med["unfused"] / med["strong"],
+            "er_slt_vs_strong": med["er_slt"] / med["strong"],
             "noisy_rounds_kept": keep_noisy, "step_times_s": times}
 
 
@@ -152,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--quiet-wait", type=float, default=30.0)
     ap.add_argument("--plain", action="store_true")
+    ap.add_argument("--model", default="resnet18", help="a sparsekit model name (default resnet18, the goal's)")
     ap.add_argument("--keep-noisy", action="store_true",
                     help="keep rounds disturbed by other processes (a shared CPU); the JSON says so")
     args = ap.parse_args(argv)
@@ -161,27 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine_info(), "goals": {"strong_vs_dense": GOAL_VS_DENSE,
                                                           "sort_vs_strong": GOAL_VS_SORT}, "runs": []}
     if not args.skip_cpu:
-        console.print(f"CPU: resnet18 batch 32, {rounds} rounds x {steps} steps per variant")
+        console.print(f"CPU: {args.model} batch 32, {rounds} rounds x {steps} steps per variant")
         results["runs"].append(compare(batch=32, steps=steps, warmup=min(args.warmup, steps - 1), rounds=rounds,
                                        device="cpu", amp=None, console=console, quiet_wait=args.quiet_wait,
-                                       keep_noisy=args.keep_noisy))
+                                       keep_noisy=args.keep_noisy, model_name=args.model))
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
         console.print(f"GPU ({torch.cuda.get_device_name()}): resnet18 batch 128 bf16")
         results["runs"].append(compare(batch=128, steps=20 if args.quick else 60, warmup=10,
                                        rounds=1 if args.quick else 4, device="cuda", amp="bf16", console=console,
-                                       quiet_wait=0))
+                                       quiet_wait=0, model_name=args.model))
         results["gpu_device"] = torch.cuda.get_device_name()
     else:
         results["gpu_note"] = "no CUDA device in this run: GPU part not measured"
     console.print("")
     console.print(f"{'device':<7}{'batch':>6}  {'strong s/step':>14}{'sort s/step':>13}{'dense s/step':>14}"
-                  f"{'strong/dense':>14}{'goal':>6}{'sort/strong':>13}{'goal':>6}{'unfused/strong':>16}")
+                  f"{'strong/dense':>14}{'goal':>6}{'sort/strong':>13}{'goal':>6}{'unfused/strong':>16}"
+                  f"{'er_slt/strong':>15}")
     for r in results["runs"]:
         m = r["median_step_s"]
         console.print(f"{r['device']:<7}{r['batch']:>6}  {m['strong']:>14.4f}{m['sort']:>13.4f}{m['dense']:>14.4f}"
                       f"{r['strong_vs_dense']:>14.3f}{GOAL_VS_DENSE:>6.1f}{r['sort_vs_strong']:>13.3f}"
-                      f"{GOAL_VS_SORT:>6.1f}{r['unfused_vs_strong']:>16.3f}")
+                      f"{GOAL_VS_SORT:>6.1f}{r['unfused_vs_strong']:>16.3f}{r['er_slt_vs_strong']:>15.3f}")
     if "gpu_note" in results:
         console.print(results["gpu_note"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

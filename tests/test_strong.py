@@ -323,13 +323,107 @@ def test_topk_mask_matches_reference_with_any_hint(values, data):
     the hint/band fast paths must give exactly the full selection's answer."""
     from sparsekit.train.strong import topk_mask
 
-    a = torch.tensor(values, dtype=torch.float32) / 4  # few distinct values: many ties
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+    a = torch.tensor(values, dtype=dtype) / 4  # few distinct values: many ties (all exact in every dtype)
     n = a.numel()
     k = data.draw(st.integers(0, n))
     hint = data.draw(st.one_of(st.none(), st.integers(-1, 14).map(lambda v: v / 4 + 0.05 * (v % 3))))
     width = data.draw(st.sampled_from([0.0, 0.1, 0.3, 1.0, 5.0]))
-    m, _thr = topk_mask(a.clone(), k, hint, width)
+    per_unit = data.draw(st.sampled_from([0.0, 0.5, 40.0]))
+    nonnegative = data.draw(st.booleans())  # integer comparisons of the bit patterns (values are >= 0)
+    if not nonnegative:  # negative scores order differently as bit patterns: the float path must run
+        a, hint = a - 1.5, None if hint is None else hint - 1.5
+    m, _thr = topk_mask(a.clone(), k, hint, width, per_unit=per_unit, nonnegative=nonnegative)
     order = sorted(range(n), key=lambda i: (-values[i], i))[:k]
     want = torch.zeros(n, dtype=torch.bool)
     want[order] = True
     assert torch.equal(m, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 300), st.floats(0.05, 1.0), st.integers(0, 2**31 - 1), st.booleans(), st.integers(2, 6))
+def test_reused_effective_weight_equals_a_fresh_one_at_every_step(numel, frac, seed, dense, steps):
+    """_WeightCache: rewriting only the edges whose selection changed gives the fresh tensor bit for bit,
+    with the same gradients, over a sequence of selections (few, many and no changes)."""
+    from sparsekit.train.strong import _EffectiveWeight, _WeightCache
+
+    g = torch.Generator().manual_seed(seed)
+    n = numel if dense else max(1, round(numel * frac))
+    kept = None if dense else torch.randperm(numel, generator=g)[:n].sort().values
+    w = torch.randn(n, generator=g)
+    cache = _WeightCache()
+    for step in range(steps):
+        s = torch.randn(n, generator=g)
+        m, _ = topk_mask(s.abs(), max(1, n // (step + 2)))
+        upstream = torch.randn(numel, generator=g)
+        s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+        want = _EffectiveWeight.apply(s1, m, w, kept, numel)
+        got = _EffectiveWeight.apply(s2, m.clone(), w, kept, numel, None, cache, True)
+        assert torch.equal(want, got)
+        want.backward(upstream)
+        got.backward(upstream)
+        assert torch.equal(s1.grad, s2.grad)
+        assert not cache.live  # its graph was backpropagated: the next step may rewrite the buffer
+
+
+def _subnet_grads(reuse: bool, twice: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Score gradients of fit_strong's training forward called once or twice (selection changed in between)
+    before one backward."""
+    from sparsekit.train.strong import EdgePopup
+
+    model = net()
+    ticket = sparsekit.prune(model, "er-uniform", 0.5, seed=0)
+    masks = dict(ticket.compact_masks)
+    sparsekit.finalize(model)
+    algo = EdgePopup(masks, {f: max(1, m.nnz // 5) for f, m in masks.items()}, dict(ticket.layouts), levels=1,
+                     epochs_per_level=1, init="signed-kaiming-constant", scale_fan=True, score_init="kaiming-uniform",
+                     seed=0, schedule="cosine")
+    algo.setup(model, torch.device("cpu"))
+    x = blobs(8).tensors[0]
+    sub = algo.wrap(model)
+    if not reuse:
+        sub.forward = lambda *a: torch.func.functional_call(model, algo.effective_weights(), a, strict=False)
+    sub(x).sum().backward()  # a first step fills the buffers
+    for s in algo.scores:
+        s.grad = None
+    out = sub(x).square().sum()
+    if twice:
+        for L in algo.layers:  # a different selection for the second call
+            L.counts = [max(1, L.counts[0] // 2)]
+        sub(torch.zeros_like(x)).sum()  # an evaluation-style call whose graph is dropped
+        out = out + sub(x).sum()
+    out.backward()
+    return [s.grad.clone() for s in algo.scores], out.detach()
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_reused_weights_never_change_under_a_pending_graph(twice):
+    """Two training forward passes before one backward (or one whose graph is dropped): the second call
+    must not rewrite the weight the first graph saved; gradients equal those of fresh tensors."""
+    want, out_want = _subnet_grads(False, twice)
+    got, out_got = _subnet_grads(True, twice)
+    assert torch.equal(out_want, out_got)
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+
+
+def test_fused_sgd_is_the_default_update_up_to_one_rounding():
+    """EdgePopup's scores are trained by SGD(fused=True): the default loop's numbers, up to one rounding
+    (the fused kernel may contract a multiply-add) in a few entries."""
+    from sparsekit.train.engine import TrainConfig, _build_optimizer
+
+    cfg = TrainConfig(epochs=1, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    p0 = [torch.randn(n, generator=g) for n in (1, 7, 4099, 70001)]
+    grads = [[torch.randn(p.shape, generator=g) for p in p0] for _ in range(5)]
+    out = []
+    for fused in (False, True):
+        ps = [nn.Parameter(p.clone()) for p in p0]
+        opt = _build_optimizer(None, ps, cfg, fused=fused)
+        assert opt.defaults.get("fused") is (True if fused else None)
+        for gs in grads:
+            for p, gr in zip(ps, gs, strict=True):
+                p.grad = gr.clone()
+            opt.step()
+        out.append(torch.cat([p.detach() for p in ps]))
+    torch.testing.assert_close(out[1], out[0], rtol=2.4e-7, atol=0)  # two float32 ulps at most
+    assert int((out[0] != out[1]).sum()) <= out[0].numel() // 1000

@@ -192,6 +192,9 @@ class Algorithm:
     """
 
     name = "weak"
+    #: build the default SGD with ``fused=True``: one kernel per tensor, the same update up to one
+    #: rounding in a few entries (tested); edge-popup sets it (its trained tensors are flat score vectors)
+    fused_sgd = False
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once the model is on ``device``, before the optimizer is built (create state here)."""
@@ -468,9 +471,14 @@ def _to(x: Any, device: torch.device) -> Any:
 # optimizer and schedule
 
 
-def _build_optimizer(optimizer: Any, params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def _build_optimizer(optimizer: Any, params: list[nn.Parameter], cfg: TrainConfig, *,
+                     fused: bool = False) -> torch.optim.Optimizer:
     if optimizer is None:
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        kw = {}
+        if fused and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+                         for p in params):
+            kw["fused"] = True  # one kernel per tensor (Algorithm.fused_sgd)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kw)
     if isinstance(optimizer, torch.optim.Optimizer):
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if not ids & {id(p) for p in params}:
@@ -760,7 +768,7 @@ def _run(model: nn.Module, train_data: Any, cfg: TrainConfig, algorithm: Algorit
     params = list(algorithm.parameters(model))
     if not params:
         raise SparsekitError("nothing to train: the model has no parameters with requires_grad=True")
-    opt = _build_optimizer(optimizer, params, cfg)
+    opt = _build_optimizer(optimizer, params, cfg, fused=algorithm.fused_sgd)
     sched = algorithm.schedule(opt, cfg) or _build_schedule(opt, cfg)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     state = TrainState(model=state_model, optimizer=opt, config=cfg, rank=d.rank, world_size=d.world_size,

@@ -20,6 +20,11 @@ Choices:
   new threshold inside a narrow band around the old one, only the band's entries are selected from
   (its width adapts to how far the threshold moved). Both shortcuts are exact.
   Ties at the threshold are broken by the lower index, so every level keeps exactly ``k`` edges.
+  The comparisons run on the bit patterns of ``|score|`` read as integers (same order, faster).
+* **Effective weights kept between steps**: each layer's ``w * GetSubnet(|s|)`` in its dense shape is
+  rewritten only where the selection changed since the last step (a few edges), never while an
+  autograd graph that saved it is pending (then a new tensor is made); the scores' gradient is the
+  straight-through one, gathered at the ER-kept positions. The scores train with fused SGD.
 * **Everything else is frozen**: BatchNorm affine parameters and other unmasked parameters keep
   their values and do not train (the paper's edge-popup code learns no weights at all; with affine
   BatchNorm at its init of weight 1 and bias 0 this is edge-popup's non-affine BN, and fit_strong
@@ -66,10 +71,11 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -119,8 +125,40 @@ def _topk_full(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
     return m, thr
 
 
+_SAME_ORDER_INT = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+                   torch.bfloat16: torch.int16}
+
+
+def _comparable(scores: torch.Tensor, nonnegative: bool) -> tuple[torch.Tensor, Callable[[float], Any]]:
+    """``scores`` as a tensor to compare thresholds with, and the conversion of a threshold.
+
+    Non-negative floats order as their bit patterns read as signed integers do, and comparing
+    integers is ~1.5x faster than comparing floats on the CPU. A threshold becomes the bits of its
+    nearest value in ``scores.dtype`` (exact for a threshold read from ``scores``; a negative one
+    stays below every non-negative pattern).
+    """
+    it = _SAME_ORDER_INT.get(scores.dtype) if nonnegative else None
+    if it is None:
+        return scores, float
+    fmt = _PACK.get(scores.dtype)
+    if fmt is not None:  # struct rounds to nearest like a tensor conversion, ~20x cheaper than torch.tensor()
+        return scores.view(it), lambda x: _bits(x, fmt)
+    dtype = scores.dtype
+    return scores.view(it), lambda x: int(torch.tensor(x, dtype=dtype).view(it))
+
+
+_PACK = {torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}
+
+
+def _bits(x: float, fmt: tuple[str, str]) -> int:
+    try:
+        return struct.unpack(fmt[1], struct.pack(fmt[0], x))[0]
+    except OverflowError:  # beyond the dtype's range: the bits of +-inf order the same way
+        return struct.unpack(fmt[1], struct.pack(fmt[0], math.copysign(math.inf, x)))[0]
+
+
 def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = None,
-              width: float = 0.0, *, per_unit: float = 0.0,
+              width: float = 0.0, *, per_unit: float = 0.0, nonnegative: bool = False,
               stats: dict[str, float] | None = None) -> tuple[torch.Tensor, float]:
     """Bool mask of the ``k`` largest entries of the 1-D ``scores`` and the threshold used.
 
@@ -140,6 +178,9 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
     Thresholds are Python floats: comparing a tensor with a Python number and counting with
     ``count_nonzero`` are several times faster on the CPU than comparing with a 0-dim tensor and
     summing bools (the conversion is exact: a float64 holds every float32/16 value).
+    ``nonnegative=True`` promises ``scores >= 0`` (edge-popup passes ``|s|``): the comparisons then
+    run on the bit patterns as integers, which order the same way and compare faster. A NaN score
+    (after abs, its bits exceed every finite value) then counts as the largest.
     """
     n = scores.numel()
     if k >= n:
@@ -149,7 +190,8 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
     if hint is None:
         return _topk_full(scores, k)
     hint = float(hint)
-    m = scores >= hint
+    v, conv = _comparable(scores, nonnegative)
+    m = v >= conv(hint)
     c = int(torch.count_nonzero(m))
     if c == k:
         return m, hint
@@ -158,14 +200,14 @@ def topk_mask(scores: torch.Tensor, k: int, hint: float | torch.Tensor | None = 
     if width <= 0:
         return _topk_full(scores, k)
     if c > k:  # the k-th largest rose: it is in [hint, hint + width] if fewer than k entries exceed that
-        base = scores > hint + width
+        base = v > conv(hint + width)
         above = int(torch.count_nonzero(base))
         if above >= k:
             return _topk_full(scores, k)
         idx = flat_nonzero(m ^ base)  # the band [hint, hint + width] (base lies inside m), ascending
     else:  # it fell: it is in [hint - width, hint) if enough entries are there
         base, above = m, c
-        idx = flat_nonzero((scores >= hint - width) ^ m)
+        idx = flat_nonzero((v >= conv(hint - width)) ^ m)
     need = k - above
     if stats is not None and idx.numel() > 0:
         stats["per_unit"] = idx.numel() / width
@@ -193,31 +235,73 @@ class _GetSubnet(torch.autograd.Function):
         return None, grad
 
 
+class _WeightCache:
+    """A layer's effective weight kept between steps, so a step rewrites only the edges whose selection changed.
+
+    ``buf`` holds ``w * mask`` scattered into the layer's flat shape for the selection ``mask``. A
+    step's new selection differs from the last in few edges (scores move little), so updating those
+    replaces a zero fill of the whole layer and a scatter of every ER-kept weight. ``live`` is set while
+    an autograd graph that saved ``buf`` has not been backpropagated (cleared by the backward of the
+    graph that made it, matched by ``gen``): then the next call writes into a new buffer instead, so a
+    graph never sees its saved weight change (two forward passes before one backward, a graph dropped
+    without backward). Writing into a buffer whose tensors are still used by a retained graph raises
+    autograd's in-place error; it is never silent.
+    """
+
+    __slots__ = ("buf", "mask", "live", "gen")
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.live = False
+        self.gen = 0
+
+
 class _EffectiveWeight(torch.autograd.Function):
-    """``zeros(numel).index_put(kept, w * GetSubnet(|s|))`` in one op, with the same gradients.
+    """``zeros(numel).index_put(kept, w * GetSubnet(|s|)).view(shape)`` in one op, with the same gradients.
 
     Forward writes the frozen weights of the selected edges into a zero tensor of the layer's size
-    (``index_copy_``, half the time of ``index_put`` on the CPU); backward gathers the gradient at the
-    ER-kept positions and multiplies by ``w * sign(s)``, the straight-through gradient of
-    ``w * GetSubnet(|s|)`` (every score gets one, selected or not). Equal to the unfused
-    autograd graph bit for bit (tested), without its intermediate tensors.
+    (``index_copy_``, half the time of ``index_put`` on the CPU), or, given a :class:`_WeightCache`
+    whose buffer no pending graph uses, rewrites only the edges whose selection changed since the
+    buffer was last written. Backward gathers the gradient at the ER-kept positions and multiplies by
+    ``w * sign(s)``, the straight-through gradient of ``w * GetSubnet(|s|)`` (every score gets one,
+    selected or not). Equal to the unfused autograd graph bit for bit (tested), without its
+    intermediate tensors.
     """
 
     @staticmethod
     def forward(ctx: Any, scores: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,  # noqa: PLR0913
-                kept: torch.Tensor | None, numel: int) -> torch.Tensor:
-        vals = weights * mask.to(weights.dtype)
+                kept: torch.Tensor | None, numel: int, shape: tuple[int, ...] | None = None,
+                cache: _WeightCache | None = None, record: bool = False) -> torch.Tensor:
         ctx.save_for_backward(scores, weights, kept)
-        if kept is None:
-            return vals
-        return torch.zeros(numel, dtype=vals.dtype, device=vals.device).index_copy_(0, kept, vals)
+        shape = shape or (numel,)
+        buf = cache.buf if cache is not None else None
+        if (buf is not None and not cache.live and buf.dtype == weights.dtype and buf.device == weights.device
+                and cache.mask is not None and cache.mask.shape == mask.shape):
+            changed = flat_nonzero(mask ^ cache.mask)
+            if changed.numel():
+                vals = weights.index_select(0, changed).mul_(mask.index_select(0, changed).to(weights.dtype))
+                buf.index_copy_(0, changed if kept is None else kept.index_select(0, changed), vals)
+        else:
+            vals = weights * mask.to(weights.dtype)
+            buf = vals if kept is None else torch.zeros(numel, dtype=vals.dtype, device=vals.device).index_copy_(
+                0, kept, vals)
+            if cache is not None:
+                cache.buf, cache.gen = buf, cache.gen + 1
+        if cache is not None:
+            cache.mask, cache.live = mask, record
+            ctx.cache, ctx.gen = cache, cache.gen
+        return buf.view(shape)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None, None, None, None, None]:
+        cache = getattr(ctx, "cache", None)
+        if cache is not None and cache.gen == ctx.gen:
+            cache.live = False
         scores, weights, kept = ctx.saved_tensors
         g = grad.reshape(-1)
-        g = g.index_select(0, kept) if kept is not None else g.clone()
-        return g.mul_(weights).mul_(scores.sign()), None, None, None, None
+        g = g.take(kept) if kept is not None else g.clone()  # take: the same gather, ~20% faster on the CPU
+        return g.mul_(weights).mul_(scores.sign()), None, None, None, None, None, None, None
 
 
 @dataclass
@@ -231,6 +315,7 @@ class _Layer:
     threshold: float | None = None
     width: float = 0.0  # half-width of the band searched around the last threshold
     per_unit: float = 0.0  # scores per unit of |s| near the threshold (sizes the next band)
+    cache: _WeightCache = field(default_factory=_WeightCache)  # the effective weight between steps
 
     @property
     def source_nnz(self) -> int:
@@ -247,7 +332,7 @@ class _SubnetModel(nn.Module):
         self._algo = [algo]  # not a submodule
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return functional_call(self.model, self._algo[0].effective_weights(), args, kwargs, strict=False,
+        return functional_call(self.model, self._algo[0].effective_weights(reuse=True), args, kwargs, strict=False,
                                tie_weights=True)
 
 
@@ -255,6 +340,7 @@ class EdgePopup(Algorithm):
     """Edge-popup inside an ER mask with per-level annealing of ``k`` (see the module docstring)."""
 
     name = "strong"
+    fused_sgd = True
 
     def __init__(self, masks: dict[str, CompactMask], final_counts: dict[str, int], layouts: dict[str, LayerLayout],
                  *, levels: int, epochs_per_level: int, init: str, scale_fan: bool, score_init: str, seed: int,
@@ -307,7 +393,7 @@ class EdgePopup(Algorithm):
             with torch.no_grad():
                 st: dict[str, float] = {}
                 m, thr = topk_mask(s.detach().abs(), L.counts[self.level], L.threshold, L.width,
-                                   per_unit=L.per_unit, stats=st)
+                                   per_unit=L.per_unit, nonnegative=True, stats=st)
                 L.per_unit = st.get("per_unit", L.per_unit)
                 if L.threshold is not None:  # the next band: a few times the threshold's last move
                     L.width = max(4.0 * abs(thr - L.threshold), 1e-7 * abs(thr))
@@ -315,9 +401,16 @@ class EdgePopup(Algorithm):
             out.append(m)
         return out
 
-    def effective_weights(self) -> dict[str, torch.Tensor]:
-        """Each masked weight as ``w * GetSubnet(|s|)`` scattered into its dense shape (one fused op)."""
-        return {L.fqn: _EffectiveWeight.apply(s, m, L.weights, L.kept, L.numel).view(L.shape)
+    def effective_weights(self, *, reuse: bool = False) -> dict[str, torch.Tensor]:
+        """Each masked weight as ``w * GetSubnet(|s|)`` scattered into its dense shape (one fused op).
+
+        With ``reuse=True`` (the training forward pass) each layer's tensor is kept and, at the next
+        call, rewritten where the selection changed: a tensor returned earlier then changes in place.
+        The default returns new tensors.
+        """
+        record = torch.is_grad_enabled()
+        return {L.fqn: _EffectiveWeight.apply(s, m, L.weights, L.kept, L.numel, L.shape,
+                                              L.cache if reuse else None, record and s.requires_grad)
                 for L, s, m in zip(self.layers, self.scores, self.current_masks(), strict=True)}
 
     # -- levels ----------------------------------------------------------------------------------
