@@ -2,8 +2,10 @@
 """Benchmark of ``sparsekit.fit_strong`` (edge-popup inside an ER mask): step time against two baselines.
 
 Variants, all on ``sparsekit:resnet18`` (CIFAR form, 10 classes; ``--model`` for another) with
-synthetic 3x32x32 data and the paper's SGD settings, stepped in short calls (``--steps`` steps each,
-the first ``--warmup`` dropped) that alternate in rounds with a rotating order:
+synthetic 3x32x32 data and the paper's SGD settings. The variants train in lockstep, one step each
+per cycle (threads passing a baton, one step running at a time), so the steps compared are
+neighbours in time; ratios are of medians over the cycles, with the median of the per-cycle ratios
+printed below them:
 
 * ``strong``: ``fit_strong(er_density=0.5, density=0.1)`` as shipped: top-k by a selection around the
   previous threshold (exact), the effective weights kept between steps and rewritten where the
@@ -24,12 +26,12 @@ the first ``--warmup`` dropped) that alternate in rounds with a rotating order:
 for a 2.4M-entry layer, one thread) and compiling took two minutes.
 
 Goals: strong / dense <= 1.3 and sort / strong >= 2 (per step, medians). CPU: batch 32. On a GPU
-(when available): batch 128 with bf16 autocast. Rounds disturbed by other processes (CPU) are
+(when available): batch 128 with bf16 autocast. Cycles in which other processes used the CPU are
 dropped. Prints a table and writes JSON (``benchmarks/results/bench_strong.json``).
 
 Usage::
 
-    python benchmarks/bench_strong.py            # ~4 min on 2 idle CPU cores
+    python benchmarks/bench_strong.py            # ~4 min on 2 idle CPU cores (43 cycles)
     python benchmarks/bench_strong.py --quick
 """
 
@@ -39,6 +41,8 @@ import argparse
 import json
 import statistics
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -47,12 +51,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_prune import Foreign, is_noisy, machine_info, make_console, wait_for_quiet  # noqa: E402
-from bench_train import StepTimer  # noqa: E402
 
 import sparsekit  # noqa: E402
 import sparsekit.train.strong as strong_mod  # noqa: E402
 from sparsekit.data import synthetic  # noqa: E402
 from sparsekit.models import get_model  # noqa: E402
+from sparsekit.train import Callback  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "bench_strong.json"
 ER_DENSITY, DENSITY = 0.5, 0.1
@@ -144,97 +148,165 @@ class ErSltLayer(strong_mod.EdgePopup):
 VARIANTS = {"sort": SortEveryForward, "unfused": Unfused, "er_slt": ErSltLayer}
 
 
-def one_call(variant: str, data, *, steps: int, batch: int, device: str, amp,
-             model_name: str = "resnet18") -> tuple[list[float], float, float]:
+class _Baton:
+    """Threads that take turns step by step: exactly one variant's training loop runs at any time."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.cv = threading.Condition()
+        self.order, self.turn, self.done = list(names), 0, set()
+
+    def wait(self, name: str) -> None:
+        with self.cv:
+            self.cv.wait_for(lambda: self.order[self.turn] == name)
+
+    def _advance(self) -> None:
+        for _ in range(len(self.order)):
+            self.turn = (self.turn + 1) % len(self.order)
+            if self.order[self.turn] not in self.done:
+                break
+        self.cv.notify_all()
+
+    def pass_on(self, name: str, *, finished: bool = False) -> None:
+        with self.cv:
+            if finished:
+                self.done.add(name)
+            if self.order[self.turn] == name:
+                self._advance()
+
+
+class _Turns(Callback):
+    """Times each step of one variant (from getting the turn to the step's end) and hands the turn on."""
+
+    def __init__(self, baton: _Baton, name: str, device: str, restore) -> None:
+        self.baton, self.name, self.cuda, self.restore = baton, name, device.startswith("cuda"), restore
+        self.times: list[float] = []
+        self.foreign: list[bool] = []
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def _start(self) -> None:
+        self._sync()
+        self._f, self._last = Foreign(), time.perf_counter()
+
+    def on_train_start(self, state) -> None:  # noqa: ANN001
+        self.restore()  # the variant's class is built: other threads may build theirs now
+        self._start()
+
+    def on_step_end(self, state) -> None:  # noqa: ANN001
+        self._sync()
+        self.times.append(time.perf_counter() - self._last)
+        foreign, wall = self._f.stop()
+        self.foreign.append(is_noisy(foreign, wall))
+        self.baton.pass_on(self.name)
+        self.baton.wait(self.name)
+        self._start()
+
+
+def _train(variant: str, data, timer: _Turns, *, batch: int, device: str, amp, model_name: str) -> None:
     torch.manual_seed(0)
     model = get_model(model_name, num_classes=10)
-    timer = StepTimer(device)
-    f = Foreign()
     if variant == "dense":
+        timer.restore = lambda: None
         sparsekit.fit_weak(model, data, epochs=1, batch_size=batch, device=device, amp=amp, progress=False,
                            callbacks=[timer], num_workers=0)
-    else:
-        original = strong_mod.EdgePopup
-        strong_mod.EdgePopup = VARIANTS.get(variant, original)
+        return
+    original = strong_mod.EdgePopup
+    strong_mod.EdgePopup = VARIANTS.get(variant, original)
+
+    def restore() -> None:
+        strong_mod.EdgePopup = original
+
+    timer.restore = restore
+    try:
+        sparsekit.fit_strong(model, data, density=DENSITY, er_density=ER_DENSITY, levels=1, epochs_per_level=1,
+                             batch_size=batch, device=device, amp=amp, progress=False, callbacks=[timer],
+                             num_workers=0)
+    finally:
+        restore()
+
+
+def compare(*, batch: int, steps: int, warmup: int, device: str, amp, console, keep_noisy: bool = False,
+            model_name: str = "resnet18") -> dict:
+    """``warmup + steps`` steps of every variant, in lockstep: strong, sort, dense, unfused, er_slt, strong, ...
+
+    Each variant trains in its own thread; a baton lets one step run at a time, so the steps of one
+    cycle are neighbours in time and share the machine's state (a slow spell of a shared or throttled
+    CPU hits all of them). Cycles with a step during which other processes used the CPU are dropped
+    (``keep_noisy`` keeps them).
+    """
+    variants = ["strong", "sort", "dense", "unfused", "er_slt"]
+    data = synthetic((warmup + steps) * batch, shape=(3, 32, 32), num_classes=10, seed=0)
+    baton = _Baton(variants)
+    timers = {v: _Turns(baton, v, device, lambda: None) for v in variants}
+    errors: list[BaseException] = []
+
+    def body(v: str) -> None:
+        baton.wait(v)  # setups run one at a time too (and swap EdgePopup safely)
         try:
-            sparsekit.fit_strong(model, data, density=DENSITY, er_density=ER_DENSITY, levels=1, epochs_per_level=1,
-                                 batch_size=batch, device=device, amp=amp, progress=False, callbacks=[timer],
-                                 num_workers=0)
+            _train(v, data, timers[v], batch=batch, device=device, amp=amp, model_name=model_name)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            errors.append(e)
         finally:
-            strong_mod.EdgePopup = original
-    foreign, wall = f.stop()
-    return timer.times, foreign, wall
+            baton.pass_on(v, finished=True)
 
-
-def compare(*, batch: int, steps: int, warmup: int, rounds: int, device: str, amp, console, quiet_wait: float,
-            keep_noisy: bool = False, model_name: str = "resnet18") -> dict:
-    variants = ("strong", "sort", "dense", "unfused", "er_slt")
-    data = synthetic(steps * batch, shape=(3, 32, 32), num_classes=10, seed=0)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    dropped = 0
-    for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        if device == "cpu":
-            wait_for_quiet(quiet_wait)
-        got, noisy = {}, False
-        for v in order:
-            ts, foreign, wall = one_call(v, data, steps=steps, batch=batch, device=device, amp=amp,
-                                         model_name=model_name)
-            noisy = noisy or (device == "cpu" and is_noisy(foreign, wall))
-            got[v] = ts[warmup:]
-        if noisy:
-            dropped += 1
-            if not keep_noisy:
-                continue
-        for v, ts in got.items():
-            times[v].extend(ts)
-        med = {v: statistics.median(got[v]) for v in variants}
-        console.print(f"  round {r + 1}/{rounds}{' (shared CPU)' if noisy else ''}: strong/dense "
-                      f"{med['strong'] / med['dense']:.3f}  sort/strong {med['sort'] / med['strong']:.3f}  "
-                      f"unfused/strong {med['unfused'] / med['strong']:.3f}  er_slt/strong "
-                      f"{med['er_slt'] / med['strong']:.3f}")
-    if not times["strong"]:
-        raise SystemExit("every round was disturbed by other processes; run on an idle machine")
+    threads = [threading.Thread(target=body, args=(v,), daemon=True) for v in variants]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    n = min(len(timers[v].times) for v in variants)
+    cycles = range(min(warmup, n - 1), n)
+    noisy = [c for c in cycles if any(timers[v].foreign[c] for v in variants)]
+    kept = [c for c in cycles if keep_noisy or c not in noisy]
+    if not kept:
+        raise SystemExit("every cycle was disturbed by other processes; run on an idle machine")
+    times = {v: [timers[v].times[c] for c in kept] for v in variants}
     med = {v: statistics.median(t) for v, t in times.items()}
+    paired = {f"{v}_vs_strong": statistics.median(times[v][i] / times["strong"][i] for i in range(len(kept)))
+              for v in variants if v != "strong"}
+    console.print(f"  {len(kept)} cycles kept, {len(noisy)} disturbed by other processes"
+                  f"{' (kept)' if keep_noisy else ''}")
     return {"model": model_name, "device": device, "batch": batch, "amp": str(amp), "er_density": ER_DENSITY,
-            "density": DENSITY,
-            "steps_per_call": steps, "warmup_dropped": warmup, "rounds": rounds, "rounds_dropped_noisy": dropped,
-            "median_step_s": med, "strong_vs_dense": med["strong"] / med["dense"],
-            "sort_vs_strong": med["sort"] / med["strong"], "unfused_vs_strong": med["unfused"] / med["strong"],
-            "er_slt_vs_strong": med["er_slt"] / med["strong"],
-            "noisy_rounds_kept": keep_noisy, "step_times_s": times}
+            "density": DENSITY, "design": "lockstep threads, one step per variant per cycle",
+            "cycles": len(kept), "warmup_dropped": min(warmup, n - 1), "cycles_disturbed": len(noisy),
+            "noisy_cycles_kept": keep_noisy, "median_step_s": med,
+            "strong_vs_dense": med["strong"] / med["dense"], "sort_vs_strong": med["sort"] / med["strong"],
+            "unfused_vs_strong": med["unfused"] / med["strong"], "er_slt_vs_strong": med["er_slt"] / med["strong"],
+            "paired_median_ratios": {**paired, "strong_vs_dense": 1 / paired["dense_vs_strong"]},
+            "step_times_s": times}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--rounds", type=int, default=None, help="default 6 (quick: 1)")
-    ap.add_argument("--steps", type=int, default=None, help="default 10 (quick: 4)")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=None, help="timed cycles, one step per variant (default 40, quick 4)")
+    ap.add_argument("--warmup", type=int, default=3, help="cycles dropped first (first selections are full ones)")
     ap.add_argument("--skip-cpu", action="store_true")
-    ap.add_argument("--quiet-wait", type=float, default=30.0)
+    ap.add_argument("--quiet-wait", type=float, default=30.0, help="seconds to wait for an idle CPU before starting")
     ap.add_argument("--plain", action="store_true")
     ap.add_argument("--model", default="resnet18", help="a sparsekit model name (default resnet18, the goal's)")
     ap.add_argument("--keep-noisy", action="store_true",
-                    help="keep rounds disturbed by other processes (a shared CPU); the JSON says so")
+                    help="keep cycles disturbed by other processes (a shared CPU); the JSON says so")
     args = ap.parse_args(argv)
     console = make_console(args.plain)
-    rounds = args.rounds or (1 if args.quick else 6)
-    steps = args.steps or (4 if args.quick else 10)
+    steps = args.steps or (4 if args.quick else 40)
     results: dict = {"machine": machine_info(), "goals": {"strong_vs_dense": GOAL_VS_DENSE,
                                                           "sort_vs_strong": GOAL_VS_SORT}, "runs": []}
     if not args.skip_cpu:
-        console.print(f"CPU: {args.model} batch 32, {rounds} rounds x {steps} steps per variant")
-        results["runs"].append(compare(batch=32, steps=steps, warmup=min(args.warmup, steps - 1), rounds=rounds,
-                                       device="cpu", amp=None, console=console, quiet_wait=args.quiet_wait,
-                                       keep_noisy=args.keep_noisy, model_name=args.model))
+        console.print(f"CPU: {args.model} batch 32, {steps} cycles of one step per variant (after {args.warmup})")
+        wait_for_quiet(args.quiet_wait)
+        results["runs"].append(compare(batch=32, steps=steps, warmup=args.warmup, device="cpu", amp=None,
+                                       console=console, keep_noisy=args.keep_noisy, model_name=args.model))
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-        console.print(f"GPU ({torch.cuda.get_device_name()}): resnet18 batch 128 bf16")
-        results["runs"].append(compare(batch=128, steps=20 if args.quick else 60, warmup=10,
-                                       rounds=1 if args.quick else 4, device="cuda", amp="bf16", console=console,
-                                       quiet_wait=0, model_name=args.model))
+        console.print(f"GPU ({torch.cuda.get_device_name()}): {args.model} batch 128 bf16")
+        results["runs"].append(compare(batch=128, steps=20 if args.quick else 100, warmup=10, device="cuda",
+                                       amp="bf16", console=console, keep_noisy=True, model_name=args.model))
         results["gpu_device"] = torch.cuda.get_device_name()
     else:
         results["gpu_note"] = "no CUDA device in this run: GPU part not measured"
@@ -243,10 +315,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'strong/dense':>14}{'goal':>6}{'sort/strong':>13}{'goal':>6}{'unfused/strong':>16}"
                   f"{'er_slt/strong':>15}")
     for r in results["runs"]:
-        m = r["median_step_s"]
+        m, p = r["median_step_s"], r["paired_median_ratios"]
         console.print(f"{r['device']:<7}{r['batch']:>6}  {m['strong']:>14.4f}{m['sort']:>13.4f}{m['dense']:>14.4f}"
                       f"{r['strong_vs_dense']:>14.3f}{GOAL_VS_DENSE:>6.1f}{r['sort_vs_strong']:>13.3f}"
                       f"{GOAL_VS_SORT:>6.1f}{r['unfused_vs_strong']:>16.3f}{r['er_slt_vs_strong']:>15.3f}")
+        console.print(f"{'':<7}{'':>6}  {'(median of per-cycle ratios)':>41}{p['strong_vs_dense']:>14.3f}{'':>6}"
+                      f"{p['sort_vs_strong']:>13.3f}{'':>6}{p['unfused_vs_strong']:>16.3f}"
+                      f"{p['er_slt_vs_strong']:>15.3f}")
     if "gpu_note" in results:
         console.print(results["gpu_note"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -54,8 +54,42 @@ def test_compare_runs_every_variant_and_reports_the_ratios():
         def print(self, *a, **k):
             pass
 
-    r = bench.compare(batch=4, steps=3, warmup=1, rounds=1, device="cpu", amp=None, console=Quiet(), quiet_wait=0,
-                      keep_noisy=True, model_name="resnet20")
+    r = bench.compare(batch=4, steps=3, warmup=1, device="cpu", amp=None, console=Quiet(), keep_noisy=True,
+                      model_name="resnet20")
     assert set(r["median_step_s"]) == {"strong", "sort", "dense", "unfused", "er_slt"}
+    assert r["cycles"] == 3 and all(len(t) == 3 for t in r["step_times_s"].values())
     assert all(v > 0 for v in r["median_step_s"].values())
     assert r["sort_vs_strong"] == r["median_step_s"]["sort"] / r["median_step_s"]["strong"]
+    assert set(r["paired_median_ratios"]) == {"sort_vs_strong", "dense_vs_strong", "unfused_vs_strong",
+                                              "er_slt_vs_strong", "strong_vs_dense"}
+
+
+def test_baton_runs_one_thread_at_a_time_in_turn():
+    """The lockstep harness: steps of the variants never overlap and follow the cycle order."""
+    import threading
+    import time
+
+    bench = _bench()
+    names = ["a", "b", "c"]
+    baton = bench._Baton(names)
+    log, active = [], []
+
+    def body(name: str, steps: int) -> None:
+        baton.wait(name)
+        for _ in range(steps):
+            active.append(name)
+            assert len(active) == 1
+            log.append(name)
+            time.sleep(0.002)
+            active.remove(name)
+            baton.pass_on(name)
+            baton.wait(name)
+        baton.pass_on(name, finished=True)
+
+    threads = [threading.Thread(target=body, args=(n, s)) for n, s in zip(names, (3, 1, 3), strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert log == ["a", "b", "c", "a", "c", "a", "c"]
