@@ -3,7 +3,7 @@
 
 Variants, all on ``sparsekit:resnet18`` (CIFAR form, 10 classes; ``--model`` for another) with
 synthetic 3x32x32 data and the paper's SGD settings. The variants train in lockstep, one step each
-per cycle (threads passing a baton, one step running at a time), so the steps compared are
+per cycle (a process each, passing the turn with semaphores; one step runs at a time), so the steps compared are
 neighbours in time; ratios are of medians over the cycles, with the median of the per-cycle ratios
 printed below them:
 
@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import statistics
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -148,39 +148,14 @@ class ErSltLayer(strong_mod.EdgePopup):
 VARIANTS = {"sort": SortEveryForward, "unfused": Unfused, "er_slt": ErSltLayer}
 
 
-class _Baton:
-    """Threads that take turns step by step: exactly one variant's training loop runs at any time."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.cv = threading.Condition()
-        self.order, self.turn, self.done = list(names), 0, set()
-
-    def wait(self, name: str) -> None:
-        with self.cv:
-            self.cv.wait_for(lambda: self.order[self.turn] == name)
-
-    def _advance(self) -> None:
-        for _ in range(len(self.order)):
-            self.turn = (self.turn + 1) % len(self.order)
-            if self.order[self.turn] not in self.done:
-                break
-        self.cv.notify_all()
-
-    def pass_on(self, name: str, *, finished: bool = False) -> None:
-        with self.cv:
-            if finished:
-                self.done.add(name)
-            if self.order[self.turn] == name:
-                self._advance()
-
-
 class _Turns(Callback):
     """Times each step of one variant (from getting the turn to the step's end) and hands the turn on."""
 
-    def __init__(self, baton: _Baton, name: str, device: str, restore) -> None:
-        self.baton, self.name, self.cuda, self.restore = baton, name, device.startswith("cuda"), restore
+    def __init__(self, mine, after, device: str) -> None:  # noqa: ANN001 - multiprocessing semaphores
+        self.mine, self.after, self.cuda = mine, after, device.startswith("cuda")
         self.times: list[float] = []
-        self.foreign: list[bool] = []
+        self.noisy: list[bool] = []
+        self.spans: list[tuple[float, float]] = []  # (start, end) of each step, CLOCK_MONOTONIC
 
     def _sync(self) -> None:
         if self.cuda:
@@ -191,93 +166,94 @@ class _Turns(Callback):
         self._f, self._last = Foreign(), time.perf_counter()
 
     def on_train_start(self, state) -> None:  # noqa: ANN001
-        self.restore()  # the variant's class is built: other threads may build theirs now
         self._start()
 
     def on_step_end(self, state) -> None:  # noqa: ANN001
         self._sync()
-        self.times.append(time.perf_counter() - self._last)
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self.spans.append((self._last, now))
         foreign, wall = self._f.stop()
-        self.foreign.append(is_noisy(foreign, wall))
-        self.baton.pass_on(self.name)
-        self.baton.wait(self.name)
+        self.noisy.append(is_noisy(foreign, wall))
+        self.after.release()  # the next variant's step
+        self.mine.acquire()  # ours again, one cycle later
         self._start()
 
 
-def _train(variant: str, data, timer: _Turns, *, batch: int, device: str, amp, model_name: str) -> None:
-    torch.manual_seed(0)
-    model = get_model(model_name, num_classes=10)
-    if variant == "dense":
-        timer.restore = lambda: None
-        sparsekit.fit_weak(model, data, epochs=1, batch_size=batch, device=device, amp=amp, progress=False,
-                           callbacks=[timer], num_workers=0)
-        return
-    original = strong_mod.EdgePopup
-    strong_mod.EdgePopup = VARIANTS.get(variant, original)
-
-    def restore() -> None:
-        strong_mod.EdgePopup = original
-
-    timer.restore = restore
+def _worker(variant: str, mine, after, out, *, batch: int, steps: int, device: str, amp,  # noqa: ANN001, PLR0913
+            model_name: str, threads: int) -> None:
+    """One variant's training, taking turns with the others (a process each: no shared thread pools)."""
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", message="fit_weak: the model carries no sparsekit masks")
+    data = synthetic(steps * batch, shape=(3, 32, 32), num_classes=10, seed=0)
+    mine.acquire()  # setups take turns too
+    timer = _Turns(mine, after, device)
     try:
-        sparsekit.fit_strong(model, data, density=DENSITY, er_density=ER_DENSITY, levels=1, epochs_per_level=1,
-                             batch_size=batch, device=device, amp=amp, progress=False, callbacks=[timer],
-                             num_workers=0)
+        torch.manual_seed(0)
+        model = get_model(model_name, num_classes=10)
+        if variant == "dense":
+            sparsekit.fit_weak(model, data, epochs=1, batch_size=batch, device=device, amp=amp, progress=False,
+                               callbacks=[timer], num_workers=0)
+        else:
+            strong_mod.EdgePopup = VARIANTS.get(variant, strong_mod.EdgePopup)
+            sparsekit.fit_strong(model, data, density=DENSITY, er_density=ER_DENSITY, levels=1, epochs_per_level=1,
+                                 batch_size=batch, device=device, amp=amp, progress=False, callbacks=[timer],
+                                 num_workers=0)
+        out.put((variant, timer.times, timer.noisy, timer.spans, None))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        out.put((variant, timer.times, timer.noisy, timer.spans, f"{type(e).__name__}: {e}"))
     finally:
-        restore()
+        after.release()  # the others finish their last turn
 
 
 def compare(*, batch: int, steps: int, warmup: int, device: str, amp, console, keep_noisy: bool = False,
             model_name: str = "resnet18") -> dict:
     """``warmup + steps`` steps of every variant, in lockstep: strong, sort, dense, unfused, er_slt, strong, ...
 
-    Each variant trains in its own thread; a baton lets one step run at a time, so the steps of one
-    cycle are neighbours in time and share the machine's state (a slow spell of a shared or throttled
-    CPU hits all of them). Cycles with a step during which other processes used the CPU are dropped
+    Each variant trains in its own process; semaphores pass the turn so that one step runs at a
+    time and the steps of one cycle are neighbours in time (a slow spell of a shared or throttled CPU
+    hits all of them). Cycles with a step during which other processes used the CPU are dropped
     (``keep_noisy`` keeps them).
     """
     variants = ["strong", "sort", "dense", "unfused", "er_slt"]
-    data = synthetic((warmup + steps) * batch, shape=(3, 32, 32), num_classes=10, seed=0)
-    baton = _Baton(variants)
-    timers = {v: _Turns(baton, v, device, lambda: None) for v in variants}
-    errors: list[BaseException] = []
-
-    def body(v: str) -> None:
-        baton.wait(v)  # setups run one at a time too (and swap EdgePopup safely)
-        try:
-            _train(v, data, timers[v], batch=batch, device=device, amp=amp, model_name=model_name)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(e)
-        finally:
-            baton.pass_on(v, finished=True)
-
-    threads = [threading.Thread(target=body, args=(v,), daemon=True) for v in variants]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    n = min(len(timers[v].times) for v in variants)
+    ctx = mp.get_context("spawn")
+    sems = [ctx.Semaphore(0) for _ in variants]
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(v, sems[i], sems[(i + 1) % len(variants)], out),
+                         kwargs={"batch": batch, "steps": warmup + steps, "device": device, "amp": amp,
+                                 "model_name": model_name, "threads": torch.get_num_threads()}, daemon=True)
+             for i, v in enumerate(variants)]
+    for p in procs:
+        p.start()
+    sems[0].release()
+    got = {}
+    for _ in variants:
+        v, ts, noisy, spans, err = out.get(timeout=3600)
+        if err:
+            raise RuntimeError(f"variant {v}: {err}")
+        got[v] = (ts, noisy, spans)
+    for p in procs:
+        p.join(timeout=60)
+    n = min(len(got[v][0]) for v in variants)
     cycles = range(min(warmup, n - 1), n)
-    noisy = [c for c in cycles if any(timers[v].foreign[c] for v in variants)]
+    noisy = [c for c in cycles if any(got[v][1][c] for v in variants)]
     kept = [c for c in cycles if keep_noisy or c not in noisy]
     if not kept:
         raise SystemExit("every cycle was disturbed by other processes; run on an idle machine")
-    times = {v: [timers[v].times[c] for c in kept] for v in variants}
+    times = {v: [got[v][0][c] for c in kept] for v in variants}
     med = {v: statistics.median(t) for v, t in times.items()}
     paired = {f"{v}_vs_strong": statistics.median(times[v][i] / times["strong"][i] for i in range(len(kept)))
               for v in variants if v != "strong"}
     console.print(f"  {len(kept)} cycles kept, {len(noisy)} disturbed by other processes"
                   f"{' (kept)' if keep_noisy else ''}")
     return {"model": model_name, "device": device, "batch": batch, "amp": str(amp), "er_density": ER_DENSITY,
-            "density": DENSITY, "design": "lockstep threads, one step per variant per cycle",
+            "density": DENSITY, "design": "lockstep processes, one step per variant per cycle",
             "cycles": len(kept), "warmup_dropped": min(warmup, n - 1), "cycles_disturbed": len(noisy),
             "noisy_cycles_kept": keep_noisy, "median_step_s": med,
             "strong_vs_dense": med["strong"] / med["dense"], "sort_vs_strong": med["sort"] / med["strong"],
             "unfused_vs_strong": med["unfused"] / med["strong"], "er_slt_vs_strong": med["er_slt"] / med["strong"],
             "paired_median_ratios": {**paired, "strong_vs_dense": 1 / paired["dense_vs_strong"]},
-            "step_times_s": times}
+            "step_times_s": times, "step_spans": {v: got[v][2] for v in variants}}
 
 
 def main(argv: list[str] | None = None) -> int:
