@@ -19,7 +19,10 @@ printed below them:
   before issue 17 (``w * GetSubnet(|s|)`` then ``zeros().index_put``), to measure the fused op;
 * ``er_slt``: the authors' ER_SLT layer re-written (dense score tensors, ``where`` over the ER mask,
   descending sort, ``w * subnet`` through autograd): information on the reference code's cost, not
-  a goal.
+  a goal;
+* ``frozen``: ``strong`` with the first step's selection kept (no top-k, no weight updates): what
+  ``strong`` would cost if selecting were free, so ``sort / frozen`` is the most ``sort / strong``
+  can reach on the machine (the "bound" column).
 
 ``torch.compile`` of the effective-weight path was tried for issue 17 and not kept: on the CPU
 (inductor, torch 2.14) the compiled forward was not faster than eager ``index_copy_`` (43 vs 38 ms
@@ -145,7 +148,22 @@ class ErSltLayer(strong_mod.EdgePopup):
                     for L, s, (er, _) in zip(self.layers, self.scores, self.dense, strict=True)}
 
 
-VARIANTS = {"sort": SortEveryForward, "unfused": Unfused, "er_slt": ErSltLayer}
+class FrozenSelection(strong_mod.EdgePopup):
+    """``strong`` with the selection of its first step kept for every later step (not edge-popup: a floor).
+
+    No top-k runs and the effective weights never change after the first step, so this step is what
+    ``strong`` would cost with a free selection: ``sort / frozen`` bounds ``sort / strong`` from above.
+    """
+
+    _frozen: list[torch.Tensor] | None = None
+
+    def current_masks(self) -> list[torch.Tensor]:
+        if self._frozen is None:
+            self._frozen = super().current_masks()
+        return self._frozen
+
+
+VARIANTS = {"sort": SortEveryForward, "unfused": Unfused, "er_slt": ErSltLayer, "frozen": FrozenSelection}
 
 
 class _Turns(Callback):
@@ -215,7 +233,7 @@ def compare(*, batch: int, steps: int, warmup: int, device: str, amp, console, k
     hits all of them). Cycles with a step during which other processes used the CPU are dropped
     (``keep_noisy`` keeps them).
     """
-    variants = ["strong", "sort", "dense", "unfused", "er_slt"]
+    variants = ["strong", "sort", "dense", "unfused", "er_slt", "frozen"]
     ctx = mp.get_context("spawn")
     sems = [ctx.Semaphore(0) for _ in variants]
     out = ctx.Queue()
@@ -252,7 +270,10 @@ def compare(*, batch: int, steps: int, warmup: int, device: str, amp, console, k
             "noisy_cycles_kept": keep_noisy, "median_step_s": med,
             "strong_vs_dense": med["strong"] / med["dense"], "sort_vs_strong": med["sort"] / med["strong"],
             "unfused_vs_strong": med["unfused"] / med["strong"], "er_slt_vs_strong": med["er_slt"] / med["strong"],
-            "paired_median_ratios": {**paired, "strong_vs_dense": 1 / paired["dense_vs_strong"]},
+            "bound_sort_vs_strong": med["sort"] / med["frozen"],
+            "paired_median_ratios": {**paired, "strong_vs_dense": 1 / paired["dense_vs_strong"],
+                                     "bound_sort_vs_strong": statistics.median(
+                                         times["sort"][i] / times["frozen"][i] for i in range(len(kept)))},
             "step_times_s": times, "step_spans": {v: got[v][2] for v in variants}}
 
 
@@ -289,15 +310,16 @@ def main(argv: list[str] | None = None) -> int:
     console.print("")
     console.print(f"{'device':<7}{'batch':>6}  {'strong s/step':>14}{'sort s/step':>13}{'dense s/step':>14}"
                   f"{'strong/dense':>14}{'goal':>6}{'sort/strong':>13}{'goal':>6}{'unfused/strong':>16}"
-                  f"{'er_slt/strong':>15}")
+                  f"{'er_slt/strong':>15}{'bound sort/strong':>19}")
     for r in results["runs"]:
         m, p = r["median_step_s"], r["paired_median_ratios"]
         console.print(f"{r['device']:<7}{r['batch']:>6}  {m['strong']:>14.4f}{m['sort']:>13.4f}{m['dense']:>14.4f}"
                       f"{r['strong_vs_dense']:>14.3f}{GOAL_VS_DENSE:>6.1f}{r['sort_vs_strong']:>13.3f}"
-                      f"{GOAL_VS_SORT:>6.1f}{r['unfused_vs_strong']:>16.3f}{r['er_slt_vs_strong']:>15.3f}")
+                      f"{GOAL_VS_SORT:>6.1f}{r['unfused_vs_strong']:>16.3f}{r['er_slt_vs_strong']:>15.3f}"
+                      f"{r['bound_sort_vs_strong']:>19.3f}")
         console.print(f"{'':<7}{'':>6}  {'(median of per-cycle ratios)':>41}{p['strong_vs_dense']:>14.3f}{'':>6}"
                       f"{p['sort_vs_strong']:>13.3f}{'':>6}{p['unfused_vs_strong']:>16.3f}"
-                      f"{p['er_slt_vs_strong']:>15.3f}")
+                      f"{p['er_slt_vs_strong']:>15.3f}{p['bound_sort_vs_strong']:>19.3f}")
     if "gpu_note" in results:
         console.print(results["gpu_note"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
