@@ -72,6 +72,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "levels-1": {"levels": 1, "epochs_per_level": 30},
     "conv": {"model": "conv"},
     "conv-scale-none": {"model": "conv", "scale_fan": False, "scale": "none"},
+    "conv-long": {"model": "conv", "epochs_per_level": 20},
+    "conv-lr-0.05": {"model": "conv", "lr": 0.05},
+    "conv-constant-lr": {"model": "conv", "schedule": "constant"},
 }
 
 
