@@ -49,7 +49,8 @@ DEFAULT_OUT = HERE / "results" / "strong_investigation.jsonl"
 BASE: dict[str, Any] = {"init": "signed-kaiming-constant", "scale_fan": True, "scale": "final", "bias": "zero",
                         "lr": 0.1, "weight_decay": 5e-4, "momentum": 0.9, "schedule": "cosine",
                         "score_init": "kaiming-uniform", "score_scale": 1.0, "anneal": "geometric",
-                        "model": "mlp", "levels": 3, "epochs_per_level": 10, "batch_size": 64, "density": 0.1}
+                        "model": "mlp", "levels": 3, "epochs_per_level": 10, "batch_size": 64, "density": 0.1,
+                        "er_method": "er-uniform"}
 CONFIGS: dict[str, dict[str, Any]] = {
     "base": {},
     "scale-none": {"scale_fan": False, "scale": "none"},
@@ -75,6 +76,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "conv-long": {"model": "conv", "epochs_per_level": 20},
     "conv-lr-0.05": {"model": "conv", "lr": 0.05},
     "conv-constant-lr": {"model": "conv", "schedule": "constant"},
+    "conv-erk": {"model": "conv", "er_method": "erk"},
+    "conv-balanced": {"model": "conv", "er_method": "er-balanced"},
 }
 
 
@@ -140,6 +143,7 @@ def one_run(cfg: dict[str, Any], er_density: float, seed: int, data: dict[str, A
         warnings.simplefilter("ignore")
         ticket = sparsekit.fit_strong(
             model, train, eval_data=test, density=cfg["density"], er_density=er_density, levels=cfg["levels"],
+            er_method=cfg["er_method"],
             epochs_per_level=cfg["epochs_per_level"], init=cfg["init"], scale_fan=cfg["scale_fan"],
             score_init=cfg["score_init"], lr=cfg["lr"], momentum=cfg["momentum"],
             weight_decay=cfg["weight_decay"], batch_size=cfg["batch_size"], schedule=cfg["schedule"],
