@@ -507,7 +507,9 @@ def fit_strong(
         density: final global density of the strong ticket.
         epochs_per_level: epochs trained at each density level (paper: 100).
         er_density: density of the ER source network; 1.0 is plain edge-popup on a dense source.
-        er_method: layerwise scheme of the ER source (paper Table 1: uniform).
+        er_method: layerwise scheme of the ER source (paper Table 1: uniform). On a small conv net (digits,
+            a 288-weight first layer) ``"erk"`` narrowed the ER(0.5)-vs-dense gap from 3.1 to 0.7 points
+            and raised both (issue 17, benchmarks/README).
         final_method: layerwise scheme of the final per-layer densities (default ``er_method``);
             a layer never keeps more edges than its ER source has.
         levels: number of annealing levels (paper: 5).
