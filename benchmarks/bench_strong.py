@@ -126,13 +126,11 @@ class ErSltLayer(strong_mod.EdgePopup):
         self.dense = []
         scores = torch.nn.ParameterList()
         for L, s in zip(self.layers, self.scores, strict=True):
-            er = torch.ones(L.numel, device=device)
-            w = L.weights.clone()
-            d = s.detach().clone()
-            if L.kept is not None:
-                er = torch.zeros(L.numel, device=device).index_fill_(0, L.kept, 1.0)
-                w = torch.zeros(L.numel, device=device).index_copy_(0, L.kept, L.weights)
-                d = torch.zeros(L.numel, device=device).index_copy_(0, L.kept, s.detach())
+            kept = L.kept if L.kept is not None else torch.arange(L.numel, device=device)
+            zeros = L.weights.new_zeros(L.numel)
+            er = zeros.index_fill(0, kept, 1.0)
+            w = zeros.index_copy(0, kept, L.weights)
+            d = zeros.index_copy(0, kept, s.detach())
             self.dense.append((er, w))
             scores.append(torch.nn.Parameter(d))
         self.scores = scores

@@ -427,3 +427,19 @@ def test_fused_sgd_is_the_default_update_up_to_one_rounding():
         out.append(torch.cat([p.detach() for p in ps]))
     torch.testing.assert_close(out[1], out[0], rtol=2.4e-7, atol=0)  # two float32 ulps at most
     assert int((out[0] != out[1]).sum()) <= out[0].numel() // 1000
+
+
+def test_reused_effective_weight_rebuilds_after_its_mask_changed_in_place():
+    """A selection handed in again after being changed in place (a subclass reusing its mask tensors)
+    no longer describes the kept tensor: the result must still equal a fresh one."""
+    from sparsekit.train.strong import _EffectiveWeight, _WeightCache
+
+    g = torch.Generator().manual_seed(0)
+    numel, kept = 50, torch.arange(0, 50, 2)
+    w, s = torch.randn(25, generator=g), torch.randn(25, generator=g)
+    m, _ = topk_mask(s.abs(), 10)
+    cache = _WeightCache()
+    _EffectiveWeight.apply(s, m, w, kept, numel, None, cache, False)
+    m.copy_(~m)  # the same tensor, another selection
+    got = _EffectiveWeight.apply(s, m, w, kept, numel, None, cache, False)
+    assert torch.equal(got, _EffectiveWeight.apply(s, m, w, kept, numel))

@@ -127,6 +127,7 @@ def _topk_full(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
 
 _SAME_ORDER_INT = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
                    torch.bfloat16: torch.int16}
+_PACK = {torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}  # struct formats: float, same-size int
 
 
 def _comparable(scores: torch.Tensor, nonnegative: bool) -> tuple[torch.Tensor, Callable[[float], Any]]:
@@ -145,9 +146,6 @@ def _comparable(scores: torch.Tensor, nonnegative: bool) -> tuple[torch.Tensor, 
         return scores.view(it), lambda x: _bits(x, fmt)
     dtype = scores.dtype
     return scores.view(it), lambda x: int(torch.tensor(x, dtype=dtype).view(it))
-
-
-_PACK = {torch.float32: ("<f", "<i"), torch.float64: ("<d", "<q")}
 
 
 def _bits(x: float, fmt: tuple[str, str]) -> int:
@@ -245,16 +243,26 @@ class _WeightCache:
     graph that made it, matched by ``gen``): then the next call writes into a new buffer instead, so a
     graph never sees its saved weight change (two forward passes before one backward, a graph dropped
     without backward). Writing into a buffer whose tensors are still used by a retained graph raises
-    autograd's in-place error; it is never silent.
+    autograd's in-place error; it is never silent. ``version`` is ``mask``'s version counter when it
+    was stored: a mask changed in place since (by a subclass reusing its mask tensors) no longer
+    describes ``buf``, and the buffer is rebuilt.
     """
 
-    __slots__ = ("buf", "mask", "live", "gen")
+    __slots__ = ("buf", "mask", "version", "live", "gen")
 
     def __init__(self) -> None:
         self.buf: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
+        self.version = -1
         self.live = False
         self.gen = 0
+
+    def describes(self, mask: torch.Tensor, like: torch.Tensor) -> bool:
+        """Whether ``buf`` can be updated for ``mask``: it exists, no pending graph saved it, and the
+        stored mask (what ``buf`` holds) is unchanged and of the same shape, dtype and device."""
+        m, b = self.mask, self.buf
+        return (b is not None and m is not None and not self.live and m._version == self.version
+                and m.shape == mask.shape and b.dtype == like.dtype and b.device == like.device)
 
 
 class _EffectiveWeight(torch.autograd.Function):
@@ -275,9 +283,8 @@ class _EffectiveWeight(torch.autograd.Function):
                 cache: _WeightCache | None = None, record: bool = False) -> torch.Tensor:
         ctx.save_for_backward(scores, weights, kept)
         shape = shape or (numel,)
-        buf = cache.buf if cache is not None else None
-        if (buf is not None and not cache.live and buf.dtype == weights.dtype and buf.device == weights.device
-                and cache.mask is not None and cache.mask.shape == mask.shape):
+        if cache is not None and cache.describes(mask, weights):
+            buf = cache.buf
             changed = flat_nonzero(mask ^ cache.mask)
             if changed.numel():
                 vals = weights.index_select(0, changed).mul_(mask.index_select(0, changed).to(weights.dtype))
@@ -289,7 +296,7 @@ class _EffectiveWeight(torch.autograd.Function):
             if cache is not None:
                 cache.buf, cache.gen = buf, cache.gen + 1
         if cache is not None:
-            cache.mask, cache.live = mask, record
+            cache.mask, cache.version, cache.live = mask, mask._version, record
             ctx.cache, ctx.gen = cache, cache.gen
         return buf.view(shape)
 
