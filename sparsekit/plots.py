@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import statistics
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_write_bytes, check_writable_target
 from ._safety import check_regular_file
+from ._stats import mean_ci
+from ._stats import t_quantile_975 as _t975  # noqa: F401 (the quantile used by mean_ci95)
 from .errors import SparsekitError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,10 +65,6 @@ FORMATS = (".png", ".svg")
 _MAX_TEXT_BYTES = 256 * 2**20  # results.csv, history.json and report files larger than this are refused
 _DPI = 150
 _SIZE = (6.4, 4.2)
-
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,25 +140,13 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
 # statistics
 
 
-def _t975(df: int) -> float:
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964  # Cornish-Fisher expansion of the t quantile around the normal one (error < 1e-4 for df > 30)
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
-
 def mean_ci95(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and half-width of its two-sided 95% confidence interval (Student's t over seeds).
 
     The half-width is None for a single value (no interval can be given, none is drawn).
     """
-    vals = [float(v) for v in values]
-    if not vals:
-        raise ValueError("mean_ci95 needs at least one value")
-    mean = statistics.fmean(vals)
-    if len(vals) == 1:
-        return mean, None
-    return mean, _t975(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
+    mean, half, _ = mean_ci(values, "mean_ci95")
+    return mean, half
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import torch
 from .. import __version__
 from .._io import atomic_write_text
 from ..errors import SparsekitError
+from ..plots import RESULTS_COLUMNS
 from . import _models
 from .grids import GridCell, Recipe, Table, close, get_table
 from .summary import render_summary
@@ -53,8 +54,8 @@ from .summary import render_summary
 __all__ = ["run", "expand", "Job", "RunResult", "RESULT_COLUMNS", "scale_table", "estimate_gpu_hours",
            "paper_numbers_available"]
 
-RESULT_COLUMNS = ("table", "cell", "model", "dataset", "method", "density", "source_density", "seed", "metric",
-                  "value", "paper_value", "paper_ci", "status", "epochs", "wall_s", "history", "ticket")
+#: the agreed columns of ``results.csv``, in order (defined where results.csv is read back)
+RESULT_COLUMNS = RESULTS_COLUMNS
 #: columns after :data:`RESULT_COLUMNS`
 EXTRA_COLUMNS = ("init", "paper_row", "paper_col", "trainer", "paper_ref", "error")
 SCALES = ("full", "tiny")

@@ -8,41 +8,13 @@ and the number of finished seeds.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._stats import mean_ci, t_quantile_975
 from .grids import Table
 
 __all__ = ["t_quantile_975", "mean_ci", "render_summary", "format_entry"]
-
-# two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604,
-         2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555,
-         2.0518, 2.0484, 2.0452, 2.0423)
-
-
-def t_quantile_975(df: int) -> float:
-    """``t_{0.975}`` of Student's t with ``df`` degrees of freedom (table to 30, Cornish-Fisher beyond)."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float | None, int]:
-    """Mean, 95% Student-t half-width (None for a single value) and n of ``values``."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("mean_ci needs at least one value")
-    m = statistics.fmean(values)
-    if n == 1:
-        return m, None, 1
-    return m, t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n), n
-
 
 def _num(x: float, metric: str) -> str:
     return f"{x:.2f}" if metric == "test_acc" else f"{x:.2f}".rstrip("0").rstrip(".")
