@@ -363,6 +363,10 @@ class _TicketRef:
         self.ticket = ticket
 
     def __deepcopy__(self, memo: dict) -> _TicketRef:
+        # the ticket is shared from now on, so its one model reference would name either model: drop it
+        # (save_ticket(..., weights=) then asks for model= instead of saving the original's weights)
+        if getattr(self.ticket, "model_ref", None) is not None:
+            self.ticket.model_ref = None
         return _TicketRef(self.ticket)
 
     def __getstate__(self) -> object:

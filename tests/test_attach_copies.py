@@ -180,3 +180,23 @@ def test_a_copy_whose_masked_weight_was_replaced_is_named_once_and_others_still_
     assert sparsekit.is_pruned(good)  # said once; the good copy was adopted all the same
     _train(good)
     _assert_masks_hold(good, t)
+
+
+def test_saving_weights_of_a_ticket_shared_by_copies_asks_which_model(tmp_path):
+    """After ``best = deepcopy(model)`` both models share one ticket: saving its weights without model=
+    must not silently take the original's weights for the copy's ticket (nor the reverse)."""
+    m, _t = _pruned()
+    best = copy.deepcopy(m)
+    with torch.no_grad():
+        m.get_parameter(sparsekit.ticket_of(m).layers[0].fqn).mul_(2.0)  # the original trains on
+    with pytest.raises(ValueError, match="pass model="):
+        sparsekit.save_ticket(sparsekit.ticket_of(best), tmp_path / "best.safetensors", weights="kept")
+    sparsekit.save_ticket(sparsekit.ticket_of(best), tmp_path / "best.safetensors", weights="kept", model=best)
+    fresh = copy.deepcopy(best)
+    sparsekit.finalize(fresh)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    sparsekit.apply_ticket(fresh, tmp_path / "best.safetensors")
+    for r in sparsekit.ticket_of(best).layers:  # the copy's weights, not the original's (doubled) ones
+        assert torch.equal(fresh.get_parameter(r.fqn), best.get_parameter(r.fqn)), r.fqn

@@ -164,7 +164,8 @@ def ticket_bytes(ticket: Ticket, *, weights: str | None = None, weights_dtype: t
     if weights is None and ticket.init is not None and model is not None:
         weights = "state"  # a strong ticket reproduces its network only with the unmasked state (BN statistics)
     if weights is not None and model is None:
-        raise ValueError(f"weights={weights!r} needs the model: the pruned model is gone; pass model=...")
+        raise ValueError(f"weights={weights!r} needs the model: the ticket refers to no live model (the pruned "
+                         "model is gone, or copies of it share this ticket); pass model=...")
     layouts = dict(ticket.layouts)
     if ticket.kind == "er" and any(r.fqn not in layouts for r in ticket.layers if r.target_density < 1):
         raise ValueError("this er ticket lacks layer layouts and cannot be rebuilt from its seed")
