@@ -524,3 +524,53 @@ def test_cuda_kernels_match():
         fast = sparse_inference(m, x, kernels=(k, "csr"), repeats=2)
         with torch.no_grad():
             _close(fast(x), m.eval()(x), tol=1e-4)
+
+
+class _ShiftedLinear(nn.Linear):
+    """A Linear subclass with its own forward: replacing it by a plain sparse Linear would lose the shift."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x) + 1
+
+
+def test_layers_with_their_own_forward_or_hooks_stay_dense_and_are_named():
+    torch.manual_seed(0)
+    m = nn.Sequential(_ShiftedLinear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+    calls = []
+    m[2].register_forward_hook(lambda mod, a, out: calls.append(1))
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        want = m(x)
+    for sample in (None, x):  # without a sample nothing checks the outputs: the plan itself must be right
+        got = sparse_inference(m, sample, kernels=SPARSE, choices=None if sample is None else {"4": "csr"})
+        assert type(got[0]) is _ShiftedLinear and type(got[2]) is nn.Linear
+        reasons = {r.name: r.reason for r in inference_report(got).layers}
+        assert "own forward" in reasons["0"] and "hooks" in reasons["2"]
+        calls.clear()
+        with torch.no_grad():
+            _close(got(x), want)
+        assert calls == [1]  # the user's hook still runs
+    for name in ("0", "2"):  # and a replayed plan cannot convert them either
+        with pytest.raises(SparsekitError, match="must stay dense"):
+            sparse_inference(m, x, choices={name: "csr"})
+
+
+def test_an_output_without_tensors_cannot_pass_verification():
+    class Out:
+        def __init__(self, y: torch.Tensor) -> None:
+            self.y = y
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+
+        def forward(self, x: torch.Tensor) -> Out:
+            return Out(self.fc(x))
+
+    net = Net()
+    sparsekit.prune(net, method="er-balanced", density=0.05)
+    with pytest.raises(SparsekitError, match="holds no tensors"):
+        sparse_inference(net, torch.randn(2, 64), kernels=SPARSE)
+    sparse_inference(net, torch.randn(2, 64), kernels=SPARSE, verify=False)  # the named way out

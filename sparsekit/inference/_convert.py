@@ -158,6 +158,7 @@ class _Unit:
     choice: LayerChoice | None = None  # the decision, once made
     pending: LayerChoice | None = None  # the row being filled while measuring
     measured: bool = False
+    forced: bool = False  # must stay dense whatever is measured or chosen (the reason is in the row)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:
@@ -423,6 +424,15 @@ def _baseline_bytes(model: nn.Module, units: list[_Unit]) -> int:
     return total
 
 
+def _own_behaviour(m: nn.Module, base: type[nn.Module]) -> str:
+    """Why replacing ``m`` by a sparse module of the ``base`` kind would lose something, or ""."""
+    if type(m).forward is not base.forward:
+        return f"{type(m).__name__} has its own forward (a subclass of {base.__name__}): kept dense"
+    if m._forward_hooks or m._forward_pre_hooks:
+        return "forward hooks or pre-hooks on the module (a replacement would drop them): kept dense"
+    return ""
+
+
 def _plan(net: nn.Module, allowed: Sequence[str], max_density: float,
           excluded: set[str]) -> tuple[list[_Unit], list[LayerChoice], dict[str, list[_Unit]]]:
     """Find every weight to decide on, build the sparse candidates, note what stays dense and why."""
@@ -446,6 +456,8 @@ def _plan(net: nn.Module, allowed: Sequence[str], max_density: float,
             reason = ""
             if m.bias_k is not None or m.add_zero_attn:
                 reason = "attention with add_bias_kv/add_zero_attn: kept dense"
+            elif _own_behaviour(m, nn.MultiheadAttention):
+                reason = _own_behaviour(m, nn.MultiheadAttention)
             elif any(counts.get(id(p), 1) > 1 for p in m.parameters(recurse=True)):
                 reason = "a weight shared with another module: kept dense"
             elif excluded_name(fqn):
@@ -458,13 +470,9 @@ def _plan(net: nn.Module, allowed: Sequence[str], max_density: float,
             continue
         if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1):
             w = m.weight
-            reason = ""
-            if counts.get(id(w), 1) > 1:
-                reason = "weight shared with another module (tied): kept dense"
-            elif excluded_name(fqn):
-                reason = "excluded"
-            elif isinstance(w, nn.Parameter) is False and not isinstance(w, torch.Tensor):
-                reason = "weight is not a tensor"
+            reason = (_own_behaviour(m, nn.Linear if isinstance(m, nn.Linear) else nn.Conv2d)
+                      or ("weight shared with another module (tied): kept dense" if counts.get(id(w), 1) > 1 else "")
+                      or ("excluded" if excluded_name(fqn) else ""))
             w2 = w.detach().reshape(w.shape[0], -1)
             u = _Unit(fqn, type(m).__name__, w2, tuple(w.shape), m.bias, m)
             _decide_static(u, allowed, max_density, reason)
@@ -500,7 +508,11 @@ def _mha_parts(m: nn.MultiheadAttention) -> dict[str, tuple[torch.Tensor, torch.
 
 
 def _decide_static(u: _Unit, allowed: Sequence[str], max_density: float, reason: str) -> None:
-    """Record the density; decide now (dense) when no measurement can change the outcome."""
+    """Record the density; decide now (dense) when no measurement can change the outcome.
+
+    ``reason`` (excluded, tied, custom forward, hooks, ...) forces the layer dense, even under ``choices``.
+    """
+    u.forced = bool(reason)
     w = u.weight
     nnz = int((w != 0).sum())
     d = nnz / max(1, w.numel())
@@ -536,7 +548,7 @@ def _apply_choices(units: list[_Unit], choices: Mapping[str, str]) -> None:
             u.choice, u.pending, u.measured, u.candidates = row, None, True, {}
             continue
         if u.choice is not None:  # decided dense statically
-            if any(w in u.choice.reason for w in ("excluded", "shared", "add_bias_kv")):
+            if u.forced:
                 raise SparsekitError(f"sparse_inference: choices[{name!r}] = {kname!r}, but the layer must stay "
                                      f"dense: {u.choice.reason}")
             u.pending, u.choice = u.choice, None
@@ -766,6 +778,10 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 def _compare(ref: Any, got: Any, rtol: float, atol: float) -> float:
     a, b = _tensors(ref), _tensors(got)
+    if not a:
+        raise SparsekitError(f"sparse_inference: the model's output ({type(ref).__name__}) holds no tensors in "
+                             "tensors, tuples, lists or dicts, so it cannot be checked against the dense model; "
+                             "return those, or pass verify=False")
     if len(a) != len(b):
         raise SparsekitError(f"sparse_inference: the converted model returned {len(b)} tensors, the dense model "
                              f"{len(a)}; please report this with the model")
