@@ -203,10 +203,14 @@ def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 _SAME_METHOD = {"er-from": "er-imp"}
 
 
+def method_name(method: object) -> str:
+    """One name per method, whichever of its names a results or paper file uses (``er-from`` -> ``er-imp``)."""
+    return _SAME_METHOD.get(str(method), str(method))
+
+
 def _series_key(row: Mapping[str, Any]) -> str:
     """The legend label of a row's method: rigl/edge-popup say what they start from."""
-    label = str(row.get("method", ""))
-    label = _SAME_METHOD.get(label, label)
+    label = method_name(row.get("method", ""))
     init = row.get("init") or ""
     src = row.get("source_density")
     extra = [init] if init and init != "dense" else []

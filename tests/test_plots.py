@@ -377,3 +377,12 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run("plot", "--help").exit_code == 0
+
+
+def test_cli_overlays_the_papers_imp_er_points_on_er_imp_runs(tmp_path):
+    """reproduce names the "IMP (ER)" cells er-imp, the paper files er-from: the CLI must not drop them."""
+    _write_results(tmp_path / "results.csv",
+                   [{"table": "2", "cell": "c", "model": "vgg16", "dataset": "cifar10", "method": "er-imp",
+                     "density": 0.01, "seed": 0, "metric": "test_acc", "value": 80.0}])
+    r = run("plot", tmp_path / "results.csv", "-o", tmp_path / "imp.png")
+    assert r.exit_code == 0 and "with the paper's points" in r.output, r.output

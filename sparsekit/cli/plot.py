@@ -75,8 +75,8 @@ def plot_file(path: Path, out: Path | None = None, *, title: str | None = None, 
         elif metric not in metrics:
             raise SparsekitError(f"{path} has no rows of metric {metric!r}; its metrics: {', '.join(metrics)}")
         paper, unknown = _paper_rows(rows)
-        methods = {r["method"] for r in rows}
-        paper = [p for p in paper if p["method"] in methods]  # the paper's points for the methods that were run
+        methods = {plots.method_name(r["method"]) for r in rows}  # the paper's points for the methods run
+        paper = [p for p in paper if plots.method_name(p["method"]) in methods]
         if unknown:
             warnings.warn(f"no paper numbers for table(s) {', '.join(unknown)}: plotted without the paper's points",
                           stacklevel=2)
