@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -541,6 +542,12 @@ def find_layers(model: nn.Module, filter_fn: FilterFn | None = None) -> list[Lay
     model = unwrap(model)  # torch.compile / DDP wrappers name weights like the module inside
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inner = [n for n, m in model.named_modules() if n and unwrap(m) is not m]
+    if inner:  # only the root is unwrapped: names (which key the masks) keep a submodule wrapper's prefix
+        warnings.warn(f"submodule(s) {inner[:3]} are wrapped by torch.compile/DistributedDataParallel/DataParallel: "
+                      "their weights are named with the wrapper's '_orig_mod.'/'module.' part, so masks and ticket "
+                      "names differ from the unwrapped model's; prune before wrapping submodules, or wrap the whole "
+                      "model", stacklevel=3)
     keep = filter_fn or default_filter
     # Canonical names: first occurrence in named_parameters() order.
     canonical: dict[int, str] = {}

@@ -64,3 +64,18 @@ def test_rewirer_on_wrapped_model_names_like_the_plain_model():
     assert [r.fqn for r in sparsekit.ticket_of(m).layers] == ["0.weight", "2.weight", "4.weight"]
     for fqn, p, mask in sparsekit.masked_parameters(w):
         assert not bool((p.detach()[~mask] != 0).any()), fqn
+
+
+def test_a_wrapped_submodule_is_named_in_a_warning():
+    """Only the root is unwrapped; a wrapped submodule keeps 'module.' in its weights' names (which key the
+    masks), so its masks differ from the unwrapped model's: said, by name."""
+    m = _model()
+    m[0] = nn.DataParallel(m[0])
+    with pytest.warns(UserWarning, match=r"submodule\(s\) \['0'\] are wrapped"):
+        t = sparsekit.prune(m, "er-balanced", 0.2, seed=1)
+    assert t.layers[0].fqn == "0.module.weight"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparsekit.prune(nn.DataParallel(_model()), "er-balanced", 0.2, seed=1)  # a wrapped root: no warning
