@@ -574,3 +574,28 @@ def test_an_output_without_tensors_cannot_pass_verification():
     with pytest.raises(SparsekitError, match="holds no tensors"):
         sparse_inference(net, torch.randn(2, 64), kernels=SPARSE)
     sparse_inference(net, torch.randn(2, 64), kernels=SPARSE, verify=False)  # the named way out
+
+
+def test_dense_is_timed_without_going_through_module_hooks(monkeypatch):
+    """The dense side of a measurement calls the layer's forward, not the module (whose hooks, including
+    the measuring pre-hook itself, would add a fixed cost to dense only and favour sparse kernels)."""
+    m = _mlp()
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+    dense_fns = []
+    real = _convert._time_unit
+
+    def spy(u, x, dense, *a):
+        dense_fns.append(dense)
+        return real(u, x, dense, *a)
+
+    monkeypatch.setattr(_convert, "_time_unit", spy)
+    sparse_inference(m, torch.randn(2, 64), repeats=1)
+    assert dense_fns
+    calls = []
+    h = torch.nn.modules.module.register_module_forward_pre_hook(lambda mod, args: calls.append(mod))
+    try:
+        for fn in dense_fns:
+            fn()
+    finally:
+        h.remove()
+    assert calls == []

@@ -641,15 +641,14 @@ def _measure_on_sample(net: nn.Module, todo: list[_Unit], sample_input: Any, all
         else:
             x = args[0] if args else next(iter(kwargs.values()))
             u = us[0]
-            _time_unit(u, x, lambda: mod(x), allowed, margin, repeats)
+            _time_unit(u, x, lambda: mod.forward(x), allowed, margin, repeats)  # forward: not through the hooks
 
-    for u in todo:
-        if id(u.module) not in {id(h[1]) for h in handles}:
-            handles.append((u.module.register_forward_pre_hook(hook, with_kwargs=True), u.module))
+    for us in by_module.values():
+        handles.append(us[0].module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
         ref = _reference(net, sample_input)
     finally:
-        for h, _ in handles:
+        for h in handles:
             h.remove()
     shapes = [tuple(t.shape) for t in _tensors(sample_input)]
     for u in todo:
