@@ -599,3 +599,12 @@ def test_dense_is_timed_without_going_through_module_hooks(monkeypatch):
     finally:
         h.remove()
     assert calls == []
+
+
+def test_a_wrapped_model_is_converted_under_the_inner_names():
+    """Layer names (for choices=, exclude= and the report) are the inner module's, as in the ticket."""
+    m = _mlp()
+    sparsekit.prune(m, method="er-balanced", density=0.05)
+    got = sparse_inference(nn.DataParallel(m), None, kernels=SPARSE, exclude=["2"])
+    assert isinstance(got, nn.Sequential) and isinstance(got[0], SparseLinear) and isinstance(got[2], nn.Linear)
+    assert [r.name for r in inference_report(nn.DataParallel(got)).layers] == ["0", "2", "4"]

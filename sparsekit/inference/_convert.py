@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._wrappers import unwrap
 from ..errors import SparsekitError
 from ._kernels import (
     BSRKernel,
@@ -135,7 +136,7 @@ def _mb(n: int) -> str:
 
 def inference_report(model: nn.Module) -> InferenceReport:
     """The :class:`InferenceReport` of a model returned by :func:`sparse_inference`."""
-    rep = getattr(model, _REPORT_ATTR, None)
+    rep = getattr(unwrap(model), _REPORT_ATTR, None)
     if rep is None:
         raise SparsekitError(f"{type(model).__name__} was not made by sparsekit.sparse_inference; "
                              f"call sparse_inference(model, sample_input) first")
@@ -296,7 +297,10 @@ def sparse_inference(
     With it, the converted model is checked against the dense model on the sample (``verify``).
 
     Args:
-        model: the pruned model (not modified unless ``inplace``).
+        model: the pruned model (not modified unless ``inplace``). A ``torch.compile`` /
+            ``DistributedDataParallel`` / ``DataParallel`` wrapper is looked through, as everywhere in
+            sparsekit (layer names are the inner module's, like the ticket's); the converted inner
+            module is returned.
         sample_input: an input like the ones you will run: a tensor, a tuple of positional arguments or
             a dict of keyword arguments.
         batch_size: rows of the synthetic input used when ``sample_input`` is None.
@@ -322,6 +326,7 @@ def sparse_inference(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparse_inference: model must be an nn.Module, got {type(model).__name__}")
+    model = unwrap(model)
     allowed = tuple(kernels) if not isinstance(kernels, str) else (kernels,)
     bad = [k for k in allowed if k not in KERNELS]
     if bad or not allowed:
