@@ -445,3 +445,12 @@ def test_a_table_without_paper_numbers_says_why(tmp_path, monkeypatch):
     assert "paper: no numbers for this table (Table 5 has only its caption in the paper text)" in summary
     assert "0 (paper –) n=1" in summary
     assert _rows(out / "results.csv")[0]["paper_value"] == ""
+
+
+def test_an_unreadable_run_record_is_refused_not_overwritten(tmp_path):
+    out = tmp_path / "t2"
+    out.mkdir()
+    (out / "run.json").write_text("{not json")
+    with pytest.raises(sparsekit.SparsekitError, match="not a readable run record"):
+        run(2, out=out, scale="tiny", methods=["er-erk"], densities=[0.1], seeds=1, epochs=1)
+    assert (out / "run.json").read_text() == "{not json"

@@ -810,6 +810,9 @@ def run(
             ctx.device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         say(f"torchrun rank {rank}/{world}: {len(mine)} of {len(job_list)} jobs on {ctx.device}")
     previous = _read_json(outdir / "run.json")
+    if previous is None and (outdir / "run.json").exists():  # it lists the jobs of earlier runs: never overwrite it
+        raise SparsekitError(f"{outdir / 'run.json'} is not a readable run record; move it away (or give another "
+                             "--out) to start this folder's record afresh")
     if previous is not None and str(previous.get("table")) != t.number:
         raise SparsekitError(f"{outdir} holds a run of Table {previous.get('table')}; give another --out for "
                              f"Table {t.number} (its results.csv and summary.md would be replaced)")
