@@ -616,9 +616,12 @@ def _plots(ctx: _Context, rows: Sequence[dict[str, Any]], paper: Sequence[dict[s
     schemes = [m for m in dict.fromkeys(c.er_method for c in t.cells if c.er_method)
                if m in ("er-uniform", "er-erk", "er-balanced", "er-pyramidal")]
     if schemes:
-        model = _models.build_model(t.model, ctx.scale, tuple(ctx.data.input_shape), ctx.data.num_classes)
-        attempt("layer densities", lambda: plots.plot_layer_densities(
-            model, schemes, t.densities[0], out / f"table{t.number}_layer_densities.png"))
+        def layer_plot() -> None:
+            with torch.device("meta"):  # only shapes are read: no weights to initialise
+                model = _models.build_model(t.model, ctx.scale, tuple(ctx.data.input_shape), ctx.data.num_classes)
+            plots.plot_layer_densities(model, schemes, t.densities[0], out / f"table{t.number}_layer_densities.png")
+
+        attempt("layer densities", layer_plot)
     for r in done:
         if int(r["seed"]) != 0:
             continue
