@@ -192,17 +192,12 @@ def fanin_count(p: float, fan_in: int) -> int:
 
 
 def _fanin(lanes: torch.Tensor, p: float) -> torch.Tensor:
+    """Constant fan-in is N:M with one group per row: the ``k`` entries of lowest ``(lane, column)``."""
     G, R, CK = lanes.shape
     k = fanin_count(p, CK)
-    rows = lanes.reshape(G * R, CK)
-    out = torch.zeros(G * R, CK, dtype=torch.bool, device=lanes.device)
-    if k == 0 or G * R == 0:
-        return out.view(G, R, CK)
-    step = max(1, _TOPK_CHUNK_ELEMS // max(1, CK))
-    for r0 in range(0, G * R, step):
-        idx = _sort_keys(rows[r0:r0 + step]).topk(k, dim=1, largest=False, sorted=False).indices
-        out[r0:r0 + step].scatter_(1, idx, True)
-    return out.view(G, R, CK)
+    if k == 0:
+        return torch.zeros(G, R, CK, dtype=torch.bool, device=lanes.device)
+    return _nm(lanes, k, CK)
 
 
 def _nm(lanes: torch.Tensor, n: int, m: int) -> torch.Tensor:
